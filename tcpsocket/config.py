@@ -1,0 +1,55 @@
+"""Server settings, with the defaults ``twistd tcpsocket`` uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zope.interface import implementer
+
+from tcpsocket.interfaces import IOpenPolicy, ITokenStore
+
+DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@implementer(IOpenPolicy)
+class AllowAll:
+    """The default policy: every host and port may be opened."""
+
+    def check(self, identity: str, host: str, port: int) -> str | None:
+        return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a session needs to know; all limits are per session or per socket."""
+
+    tokens: ITokenStore
+    policy: IOpenPolicy = field(default_factory=AllowAll)
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    close_timeout: float = 30.0
+    max_sockets_per_session: int = 256
+    max_sessions: int = 1024
+    max_message_size: int = 16 * MiB + 64
+    high_water_mark: int = 64 * KiB
+    max_send_buffer: int = 16 * MiB
+    session_buffer: int = 256 * KiB
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "handshake_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "max_sockets_per_session",
+            "max_sessions",
+            "max_message_size",
+            "high_water_mark",
+            "max_send_buffer",
+            "session_buffer",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_send_buffer < self.high_water_mark:
+            raise ValueError("max_send_buffer must not be below high_water_mark")

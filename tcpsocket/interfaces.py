@@ -1,0 +1,30 @@
+"""Interfaces an embedding application may provide or replace."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IToken(Interface):
+    """What a session token grants."""
+
+    identity = Attribute("str: who the session acts for (an origin or user name)")
+    permissions = Attribute("frozenset[str]: the permissions it grants, e.g. 'tcp-socket'")
+
+
+class ITokenStore(Interface):
+    """Checks session tokens (protocol.md B.1)."""
+
+    def authenticate(value: str) -> IToken | None:
+        """
+        Return the token's grant, or None if it is not valid.
+
+        A single-use token is consumed by a successful call.
+        """
+
+
+class IOpenPolicy(Interface):
+    """Decides which remotes a session may open (protocol.md B.4)."""
+
+    def check(identity: str, host: str, port: int) -> str | None:
+        """Return None to allow the connection, or the reason it is denied."""

@@ -1,0 +1,392 @@
+"""One TCP connection to a remote host, seen from the session that opened it.
+
+:class:`RemoteSocket` is the Twisted protocol of the connection and owns its
+flow control (protocol.md B.5-B.8):
+
+* upstream, ``send`` queues bytes behind the transport, which tells us through
+  an :class:`~twisted.internet.interfaces.IPushProducer` when its buffer is
+  full and when it has drained; ``send`` answers whether the unsent bytes are
+  under the high-water mark and one DRAIN follows a ``False``;
+* downstream, reading from the remote pauses while the client has suspended
+  the socket, while held (undelivered) DATA exceeds the high-water mark, or
+  while the session's WebSocket is congested;
+* events leave in the order they happened; DATA waits for a DATA listener,
+  and CLOSE is always last and sent once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcpsocket.messages import (
+    Event,
+    Reply,
+    encode_data_event,
+    encode_drain_event,
+    encode_error_event,
+    encode_reply,
+)
+
+if TYPE_CHECKING:
+    from tcpsocket.config import ServerConfig
+
+__all__ = ["RemoteSocket", "SocketError", "SocketOwner", "describe_failure"]
+
+log = Logger()
+
+_CLOSE_EVENT = encode_reply(Reply.CLOSE_EVENT)
+_DRAIN_EVENT = encode_drain_event(True)
+
+
+class SocketError(Exception):
+    """A socket request cannot be done; the message is the reason for the client."""
+
+
+class _State(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def describe_failure(failure: Failure) -> str:
+    """A short human-readable reason for a connection failure."""
+    value = failure.value
+    if isinstance(value, error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(value, error.DNSLookupError):
+        return "host name lookup failed"
+    if isinstance(value, (error.TimeoutError, defer.TimeoutError, defer.CancelledError)):
+        return "connect timeout"
+    if isinstance(value, error.NoRouteError):
+        return "host unreachable"
+    if isinstance(value, error.ConnectionLost):
+        return "connection reset by peer"
+    if isinstance(value, error.ConnectionDone):
+        return "connection closed"
+    text = str(value).strip() or type(value).__name__
+    return text.rstrip(".")
+
+
+class SocketOwner:
+    """Where a socket's events go: a session's service (or nowhere once released)."""
+
+    def send_event(self, socket: RemoteSocket, content: bytes) -> None:
+        """Deliver one event of ``socket`` to the client."""
+
+    def socket_closed(self, socket: RemoteSocket) -> None:
+        """The connection of ``socket`` is gone."""
+
+    def socket_finished(self, socket: RemoteSocket) -> None:
+        """CLOSE of ``socket`` was delivered: nothing more will come from it."""
+
+    @property
+    def congested(self) -> bool:
+        """Whether the client's WebSocket has too much queued."""
+        return False
+
+
+#: Events go nowhere once the owner lets go of a socket.
+DETACHED = SocketOwner()
+
+
+@implementer(IPushProducer)
+class _TransportFlow:
+    """Told by the TCP transport when its write buffer is full or drained."""
+
+    def __init__(self, socket: RemoteSocket) -> None:
+        self._socket = socket
+
+    def pauseProducing(self) -> None:
+        self._socket._writable = False
+
+    def resumeProducing(self) -> None:
+        self._socket._transport_drained()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class RemoteSocket(Protocol):
+    """A client's TCP connection to a remote, with its buffers and events."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        owner: SocketOwner,
+        clock: Any,
+    ) -> None:
+        self.config = config
+        self.owner = owner
+        self.socket_id = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._clock = clock
+        self._state = _State.CONNECTING
+        # upstream
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._writable = True
+        self._drain_owed = False
+        self._drain_pending = False
+        # downstream
+        self._events: deque[tuple[Event, bytes]] = deque()
+        self._held = 0
+        self._enabled: set[Event] = set()
+        self._suspends = 0
+        self._reading_paused = False
+        self._close_delivered = False
+        self._close_timer: IDelayedCall | None = None
+        self._error: str | None = None
+
+    # -- introspection -------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``connecting``, ``open``, ``closing`` or ``closed``."""
+        return self._state.value
+
+    @property
+    def queued_upstream(self) -> int:
+        """Accepted bytes not yet handed to the TCP transport."""
+        return self._queued
+
+    @property
+    def held_downstream(self) -> int:
+        """Received bytes not yet delivered to the client."""
+        return self._held
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether reading from the remote is paused."""
+        return self._reading_paused
+
+    @property
+    def finished(self) -> bool:
+        """Whether the connection is gone and CLOSE was delivered."""
+        return self._close_delivered
+
+    # -- Protocol ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._state = _State.OPEN
+        transport: Any = self.transport
+        # The transport's buffer size is both where it pauses us as a producer
+        # and how much it reads at once.
+        transport.bufferSize = self.config.high_water_mark
+        transport.registerProducer(_TransportFlow(self), True)
+        self._update_reading()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if not self._events and Event.DATA in self._enabled:
+            self.owner.send_event(self, encode_data_event(data))
+            return
+        self._events.append((Event.DATA, data))
+        self._held += len(data)
+        if self._held > self.config.high_water_mark:
+            self._update_reading()
+
+    def readConnectionLost(self) -> None:
+        # The remote sent FIN: write what is still queued, then close.
+        self.close()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        previous = self._state
+        self._state = _State.CLOSED
+        self._cancel_close_timer()
+        unsent = self._queued
+        self._queue.clear()
+        self._queued = 0
+        if self._error is None and not reason.check(error.ConnectionDone):
+            self._error = describe_failure(reason)
+        if self._error is None and unsent:
+            self._error = "connection closed by the remote"
+        if self._error is not None:
+            text = self._error
+            if unsent:
+                text += f"; {unsent} accepted bytes were not delivered"
+            self._events.append((Event.ERROR, encode_error_event(text)))
+        self._events.append((Event.CLOSE, _CLOSE_EVENT))
+        log.info(
+            "socket {id} to {peer} closed after {state}: {sent} bytes sent, "
+            "{received} received{why}",
+            id=self.socket_id,
+            peer=self._peer(),
+            state=previous.value,
+            sent=self.bytes_sent,
+            received=self.bytes_received,
+            why=f" ({self._error})" if self._error else "",
+        )
+        self.owner.socket_closed(self)
+        self._pump()
+
+    # -- requests from the client -------------------------------------------
+
+    def send(self, data: bytes) -> bool:
+        """Accept ``data`` for the remote; return whether we are under the high-water mark."""
+        if self._state is not _State.OPEN:
+            raise SocketError(f"socket is {self._state.value}")
+        if self._queued + len(data) > self.config.max_send_buffer:
+            raise SocketError(
+                f"send buffer full: {self._queued} bytes waiting, "
+                f"limit {self.config.max_send_buffer}"
+            )
+        self.bytes_sent += len(data)
+        if data:
+            if self._writable and not self._queue:
+                self.transport.write(data)  # type: ignore[union-attr]
+            else:
+                self._queue.append(data)
+                self._queued += len(data)
+        below = self._writable and self._queued <= self.config.high_water_mark
+        if not below:
+            self._drain_owed = True
+        return below
+
+    def suspend(self) -> None:
+        """Stop reading from the remote; suspends nest."""
+        if self._state is _State.CLOSED:
+            raise SocketError("socket is closed")
+        self._suspends += 1
+        self._update_reading()
+
+    def resume(self) -> None:
+        """Undo one :meth:`suspend`."""
+        if self._state is _State.CLOSED:
+            raise SocketError("socket is closed")
+        if not self._suspends:
+            raise SocketError("socket is not suspended")
+        self._suspends -= 1
+        self._update_reading()
+
+    def close(self) -> None:
+        """Write what is queued, then close; idempotent."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            return
+        self._state = _State.CLOSING
+        self._close_timer = self._clock.callLater(self.config.close_timeout, self._close_timed_out)
+        self._finish_close()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now, reporting ``reason``."""
+        if self._state is _State.CLOSED:
+            return
+        if self._error is None:
+            self._error = reason
+        self._state = _State.CLOSING
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def detach(self) -> None:
+        """The owner lets go: drop undelivered events, flush what was accepted, close."""
+        self.owner = DETACHED
+        self._events.clear()
+        self._held = 0
+        self._enabled = set(Event)
+        self._suspends = 0
+        self._update_reading()
+        self.close()
+
+    def set_event_enabled(self, event: Event, enabled: bool) -> None:
+        """EnableEvent/DisableEvent for this socket."""
+        if enabled:
+            self._enabled.add(event)
+            if event is Event.DRAIN and self._drain_pending:
+                self._drain_pending = False
+                self.owner.send_event(self, _DRAIN_EVENT)
+            self._pump()
+        else:
+            self._enabled.discard(event)
+
+    def congestion_changed(self) -> None:
+        """The owner's :attr:`SocketOwner.congested` may have changed."""
+        self._update_reading()
+
+    # -- internals -----------------------------------------------------------
+
+    def _transport_drained(self) -> None:
+        self._writable = True
+        queue = self._queue
+        write = self.transport.write  # type: ignore[union-attr]
+        while queue and self._writable:
+            chunk = queue.popleft()
+            self._queued -= len(chunk)
+            write(chunk)
+        if self._state is _State.CLOSING:
+            self._finish_close()
+        elif self._drain_owed and self._writable and not queue:
+            self._drain_owed = False
+            if Event.DRAIN in self._enabled:
+                self.owner.send_event(self, _DRAIN_EVENT)
+            else:
+                self._drain_pending = True
+
+    def _finish_close(self) -> None:
+        if not self._queue and self.transport is not None:
+            self.transport.loseConnection()
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        self.abort(f"close timed out after {self.config.close_timeout:g} s")
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+
+    def _pump(self) -> None:
+        """Deliver queued events in order, as far as listeners allow."""
+        events = self._events
+        enabled = self._enabled
+        while events:
+            event, content = events[0]
+            if event not in enabled:
+                if event is Event.ERROR and Event.CLOSE in enabled:
+                    # Nobody listens for ERROR; CLOSE must not wait for it.
+                    events.popleft()
+                    continue
+                break
+            events.popleft()
+            if event is Event.DATA:
+                self._held -= len(content)
+                content = encode_data_event(content)
+            elif event is Event.CLOSE:
+                self._close_delivered = True
+            self.owner.send_event(self, content)
+            if event is Event.CLOSE:
+                self.owner.socket_finished(self)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._state not in (_State.OPEN, _State.CLOSING) or self.transport is None:
+            return
+        paused = (
+            self._suspends > 0
+            or self._held > self.config.high_water_mark
+            or self.owner.congested
+        )
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            transport: Any = self.transport
+            if paused:
+                transport.pauseProducing()
+            else:
+                transport.resumeProducing()
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host, port = getattr(peer, "host", "?"), getattr(peer, "port", "?")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,297 @@
+"""The session WebSocket: handshake, core service, and routing to services.
+
+One :class:`SessionProtocol` per WebSocket connection at ``/ws``.  The first
+binary message is the token (protocol.md A.2, B.1); after that every message
+is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import txaio
+
+txaio.use_twisted()
+
+from autobahn.twisted.resource import WebSocketResource  # noqa: E402
+from autobahn.twisted.websocket import (  # noqa: E402
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest  # noqa: E402
+from twisted.internet.interfaces import IDelayedCall, IPushProducer  # noqa: E402
+from twisted.logger import Logger  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+from tcpsocket.bincode import DecodeError  # noqa: E402
+from tcpsocket.config import ServerConfig  # noqa: E402
+from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT  # noqa: E402
+from tcpsocket.messages import (  # noqa: E402
+    CORE_SERVICE,
+    PERMISSION,
+    REPLIES,
+    SERVICE_NAME,
+    Core,
+    CoreRequest,
+    GetService,
+    GetServiceResult,
+    HasService,
+    Kind,
+    decode_base,
+    decode_core_request,
+    decode_handshake,
+    decode_socket_request,
+    encode_ack,
+    encode_core_bool_response,
+    encode_event,
+    encode_get_service_response,
+    encode_reply,
+    encode_response,
+)
+from tcpsocket.service import TcpSocketManagerService  # noqa: E402
+
+__all__ = ["SessionFactory", "SessionProtocol"]
+
+log = Logger()
+
+#: WebSocket close codes (RFC 6455).
+PROTOCOL_ERROR = 1002
+UNSUPPORTED_DATA = 1003
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+
+
+@implementer(IPushProducer)
+class _Congestion:
+    """Told by the WebSocket's transport when the client is not keeping up (B.10)."""
+
+    def __init__(self, session: SessionProtocol) -> None:
+        self._session = session
+
+    def pauseProducing(self) -> None:
+        self._session._set_congested(True)
+
+    def resumeProducing(self) -> None:
+        self._session._set_congested(False)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """One client session."""
+
+    factory: SessionFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identity = ""
+        self.sockets_in_use = 0
+        self.services: dict[int, TcpSocketManagerService] = {}
+        self._permissions: frozenset[str] = frozenset()
+        self._authenticated = False
+        self._ending = False
+        self._congested = False
+        self._next_service_id = 1
+        self._handshake_timer: IDelayedCall | None = None
+        self._peer_name = "?"
+
+    # -- SessionLink -----------------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.factory.config
+
+    @property
+    def reactor(self) -> Any:
+        return self.factory.reactor
+
+    @property
+    def congested(self) -> bool:
+        return self._congested
+
+    def send_response(self, service: int, object_id: int, request: int, content: bytes) -> None:
+        if not self._ending:
+            self.sendMessage(encode_response(service, object_id, request, content), isBinary=True)
+
+    def send_event(self, service: int, object_id: int, content: bytes) -> None:
+        if not self._ending:
+            self.sendMessage(encode_event(service, object_id, content), isBinary=True)
+
+    # -- WebSocket callbacks -------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        self._peer_name = request.peer
+        if len(self.factory.sessions) >= self.config.max_sessions:
+            log.warn("refused session from {peer}: too many sessions", peer=request.peer)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
+        self.factory.sessions.add(self)
+
+    def onOpen(self) -> None:
+        transport: Any = self.transport
+        # Twisted Web registered its HTTP channel as the producer; the session
+        # takes over, so that a slow client pauses reading from its remotes.
+        transport.unregisterProducer()
+        transport.bufferSize = self.config.session_buffer
+        transport.registerProducer(_Congestion(self), True)
+        self._handshake_timer = self.reactor.callLater(
+            self.config.handshake_timeout, self._handshake_timed_out
+        )
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._ending:
+            return
+        if not isBinary:
+            self._fail(UNSUPPORTED_DATA, "text messages are not part of the protocol")
+            return
+        try:
+            if self._authenticated:
+                self._dispatch(payload)
+            else:
+                self._handshake(payload)
+        except DecodeError as e:
+            self._fail(PROTOCOL_ERROR, f"malformed message: {e}")
+        except Exception:
+            log.failure("internal error in session from {peer}", peer=self._peer_name)
+            self._fail(INTERNAL_ERROR, "internal error")
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._ending = True
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        if self in self.factory.sessions:
+            self.factory.sessions.discard(self)
+            for service in self.services.values():
+                service.stop()
+            self.services.clear()
+            if self._authenticated:
+                log.info(
+                    "session of {identity} from {peer} ended ({code}{reason})",
+                    identity=self.identity,
+                    peer=self._peer_name,
+                    code=code,
+                    reason=f": {reason}" if reason else "",
+                )
+
+    # -- internals -----------------------------------------------------------
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.warn("closing session from {peer}: {reason}", peer=self._peer_name, reason=reason)
+        self._ending = True
+        # sendClose() only takes application codes; protocol codes go in the
+        # frame directly.  A close reason is at most 123 bytes of UTF-8.
+        raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        self.sendCloseFrame(code, raw, isReply=False)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        self._fail(POLICY_VIOLATION, "no session handshake in time")
+
+    def _handshake(self, payload: bytes) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        token = self.config.tokens.authenticate(decode_handshake(payload))
+        if token is None:
+            self.sendMessage(encode_ack(False), isBinary=True)
+            self._fail(POLICY_VIOLATION, "invalid token")
+            return
+        self._authenticated = True
+        self.identity = token.identity
+        self._permissions = frozenset(token.permissions)
+        self.sendMessage(encode_ack(True), isBinary=True)
+        log.info("session of {identity} from {peer} started", identity=self.identity, peer=self._peer_name)
+
+    def _dispatch(self, payload: bytes) -> None:
+        message = decode_base(payload)
+        if message.kind is not Kind.REQUEST:
+            raise DecodeError(f"clients send requests only, not {message.kind.name.lower()}")
+        assert message.request is not None
+        if message.service == CORE_SERVICE:
+            content, then = self._core(decode_core_request(message.content))
+            self.send_response(CORE_SERVICE, message.object, message.request, content)
+            if then is not None:
+                then()
+            return
+        request = decode_socket_request(message.content)
+        service = self.services.get(message.service)
+        if service is None:
+            reason = f"unknown service {message.service}"
+            content = encode_reply(REPLIES[request.method][1], reason)
+            self.send_response(message.service, message.object, message.request, content)
+            return
+        service.handle(message.object, message.request, request)
+
+    def _core(self, request: CoreRequest) -> tuple[bytes, Callable[[], None] | None]:
+        """The response to a core request, and what to do once it is sent."""
+        if isinstance(request, GetService):
+            return self._get_service(request), None
+        if isinstance(request, HasService):
+            return encode_core_bool_response(Core.HAS_SERVICE, request.name == SERVICE_NAME), None
+        service = self.services.get(request.service)
+        then: Callable[[], None] | None = None
+        if service is None:
+            found = False
+        elif request.op is Core.RELEASE_OBJECT:
+            if request.object == 0:
+                del self.services[request.service]
+                then = service.stop
+                found = True
+            else:
+                found = service.release(request.object)
+        else:
+            assert request.event is not None
+            # Events that were held wait until the client has the response.
+            then = service.event_switch(
+                request.object, request.event, request.op is Core.ENABLE_EVENT
+            )
+            found = then is not None
+        return encode_core_bool_response(request.op, found), then
+
+    def _get_service(self, request: GetService) -> bytes:
+        if request.name != SERVICE_NAME:
+            return encode_get_service_response(GetServiceResult.UNKNOWN_SERVICE)
+        if request.fingerprint != TCPSOCKET_FINGERPRINT:
+            return encode_get_service_response(GetServiceResult.FINGERPRINT_MISMATCH)
+        if PERMISSION not in self._permissions:
+            return encode_get_service_response(GetServiceResult.MISSING_PERMISSION)
+        service_id = self._next_service_id
+        self._next_service_id += 1
+        self.services[service_id] = TcpSocketManagerService(self, service_id)
+        return encode_get_service_response(GetServiceResult.SUCCESS, service_id)
+
+    def _set_congested(self, congested: bool) -> None:
+        if congested == self._congested:
+            return
+        self._congested = congested
+        for service in self.services.values():
+            for socket in service.sockets.values():
+                socket.congestion_changed()
+
+
+class SessionFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """Creates sessions; holds the configuration and the live sessions."""
+
+    protocol = SessionProtocol
+
+    def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        super().__init__(reactor=reactor)
+        self.config = config
+        self.reactor = reactor
+        self.sessions: set[SessionProtocol] = set()
+        self.setProtocolOptions(
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_message_size,
+            openHandshakeTimeout=config.handshake_timeout,
+            closeHandshakeTimeout=1.0,
+            autoPingInterval=0,
+            webStatus=False,
+        )
+
+    def websocket_resource(self) -> WebSocketResource:
+        """A ``twisted.web`` resource serving this factory's sessions (mount it at ``/ws``)."""
+        return WebSocketResource(self)

@@ -1,0 +1,95 @@
+"""Session tokens: what each grants, and where they come from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zope.interface import implementer
+
+from tcpsocket.interfaces import IToken, ITokenStore
+from tcpsocket.messages import PERMISSION
+
+#: The identity of the token taken from ``WS_RUNTIME_TOKEN``.
+DESKTOP_IDENTITY = "desktop"
+
+
+@implementer(IToken)
+@dataclass(frozen=True)
+class Token:
+    """A token value and what it grants."""
+
+    value: str
+    identity: str = DESKTOP_IDENTITY
+    permissions: frozenset[str] = field(default_factory=lambda: frozenset({PERMISSION}))
+    single_use: bool = False
+
+
+def _digest(value: str) -> bytes:
+    # Look tokens up by digest so that the lookup time says nothing about
+    # how much of a guessed token is right.
+    return hashlib.sha256(value.encode("utf-8")).digest()
+
+
+@implementer(ITokenStore)
+class TokenStore:
+    """An in-memory set of tokens; single-use tokens are removed when used."""
+
+    def __init__(self, tokens: Iterable[Token] = ()) -> None:
+        self._tokens: dict[bytes, Token] = {}
+        for token in tokens:
+            self.add(token)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def add(self, token: Token) -> None:
+        """Accept ``token`` from now on."""
+        if not token.value:
+            raise ValueError("a token must not be empty")
+        self._tokens[_digest(token.value)] = token
+
+    def authenticate(self, value: str) -> Token | None:
+        key = _digest(value)
+        token = self._tokens.get(key)
+        if token is not None and token.single_use:
+            del self._tokens[key]
+        return token
+
+
+def token_from_json(entry: Mapping[str, Any]) -> Token:
+    """Build a token from one entry of a tokens file."""
+    unknown = set(entry) - {"token", "identity", "permissions", "single_use"}
+    if unknown:
+        raise ValueError(f"unknown token fields: {', '.join(sorted(unknown))}")
+    value = entry.get("token")
+    if not isinstance(value, str) or not value:
+        raise ValueError("each token needs a non-empty string 'token'")
+    identity = entry.get("identity", DESKTOP_IDENTITY)
+    permissions = entry.get("permissions", [PERMISSION])
+    single_use = entry.get("single_use", False)
+    if not isinstance(identity, str):
+        raise ValueError("'identity' must be a string")
+    if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
+        raise ValueError("'permissions' must be a list of strings")
+    if not isinstance(single_use, bool):
+        raise ValueError("'single_use' must be true or false")
+    return Token(value, identity, frozenset(permissions), single_use)
+
+
+def load_tokens_file(path: str | Path) -> list[Token]:
+    """Read a JSON tokens file: a list of ``{"token", "identity", "permissions", "single_use"}``."""
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read tokens file {path}: {e}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"tokens file {path} must hold a JSON list")
+    try:
+        return [token_from_json(entry) for entry in entries]
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"tokens file {path}: {e}") from None

@@ -1,0 +1,202 @@
+"""Shared pieces for the tests: loopback servers, a daemon, and a raw client."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+import txaio
+
+txaio.use_twisted()
+
+from autobahn.twisted.websocket import (  # noqa: E402
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    connectWS,
+)
+from twisted.internet import defer, reactor  # noqa: E402
+from twisted.internet.endpoints import TCP4ServerEndpoint  # noqa: E402
+from twisted.internet.protocol import Factory, Protocol  # noqa: E402
+
+from tcpsocket.config import ServerConfig  # noqa: E402
+from tcpsocket.site import build_site  # noqa: E402
+from tcpsocket.tokens import Token, TokenStore  # noqa: E402
+
+TOKEN = "secrettoken"
+NO_PERMISSION_TOKEN = "no-permission"
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_config(**overrides: Any) -> ServerConfig:
+    """A config with the test tokens."""
+    tokens = TokenStore(
+        [Token(TOKEN, "test"), Token(NO_PERMISSION_TOKEN, "nobody", permissions=frozenset())]
+    )
+    return ServerConfig(tokens=tokens, **overrides)
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.005) -> None:
+    """Poll ``predicate`` on the reactor until it is true (an event, not a fixed sleep)."""
+    waited = 0.0
+    while not predicate():
+        if waited > timeout:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        d: defer.Deferred[None] = defer.Deferred()
+        reactor.callLater(interval, d.callback, None)  # type: ignore[attr-defined]
+        await d
+        waited += interval
+
+
+# -- loopback remotes --------------------------------------------------------
+
+
+class Remote(Protocol):
+    """Base of the test servers: records what it received and its connections."""
+
+    factory: RemoteFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)
+        self.received = bytearray()
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self.factory.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.remove(self)
+        self.factory.closed += 1
+        self.lost.callback(None)
+
+
+class Echo(Remote):
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class Banner(Remote):
+    """Speaks first, like SMTP, IMAP, SSH and IRC servers."""
+
+    banner = b"220 loopback ESMTP ready\r\n"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.write(self.banner)  # type: ignore[union-attr]
+
+
+class SendAndClose(Remote):
+    """Sends a payload and closes at once."""
+
+    payload = b"bye\r\n"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.write(self.factory.payload or self.payload)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class Reset(Remote):
+    """Aborts the connection (RST) as soon as it gets data."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class Sink(Remote):
+    """Takes everything and says nothing."""
+
+
+class RemoteFactory(Factory):
+    def __init__(self, protocol: type[Remote], payload: bytes = b"") -> None:
+        self.protocol = protocol
+        self.payload = payload
+        self.connections: list[Remote] = []
+        self.received = bytearray()
+        self.closed = 0
+
+
+async def listen_remote(test: Any, protocol: type[Remote], payload: bytes = b"") -> tuple[RemoteFactory, int]:
+    """Listen on 127.0.0.1 with ``protocol``; stopped at test cleanup. Returns the port."""
+    factory = RemoteFactory(protocol, payload)
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    test.addCleanup(port.stopListening)
+
+    async def drop_connections() -> None:
+        for connection in list(factory.connections):
+            connection.transport.abortConnection()  # type: ignore[union-attr]
+            await connection.lost
+
+    test.addCleanup(lambda: defer.ensureDeferred(drop_connections()))
+    return factory, port.getHost().port
+
+
+async def start_daemon(test: Any, **overrides: Any) -> tuple[Any, int]:
+    """Run the daemon on 127.0.0.1; returns the site and its port."""
+    site = build_site(test_config(**overrides))
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    test.addCleanup(port.stopListening)
+    return site, port.getHost().port
+
+
+# -- a raw session client ----------------------------------------------------
+
+
+class RawClient(WebSocketClientProtocol):  # type: ignore[misc]
+    """A WebSocket client that hands over each message through Deferreds."""
+
+    def onOpen(self) -> None:
+        self.messages: deque[bytes | str] = deque()
+        self.waiting: deque[defer.Deferred[bytes | str]] = deque()
+        self.closed: defer.Deferred[tuple[int | None, str | None]] = defer.Deferred()
+        self.factory.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message: bytes | str = payload if isBinary else payload.decode()
+        if self.waiting:
+            self.waiting.popleft().callback(message)
+        else:
+            self.messages.append(message)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(reason))
+            return
+        self.closed.callback((code, reason))
+        while self.waiting:
+            self.waiting.popleft().errback(ConnectionError(f"closed {code}: {reason}"))
+
+    def next(self) -> defer.Deferred[bytes | str]:
+        """The next message."""
+        if self.messages:
+            return defer.succeed(self.messages.popleft())
+        d: defer.Deferred[bytes | str] = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def send(self, data: bytes) -> None:
+        self.sendMessage(data, isBinary=True)
+
+
+async def raw_client(test: Any, port: int) -> RawClient:
+    """A connected raw client; dropped at test cleanup."""
+    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    factory.protocol = RawClient
+    factory.opened = defer.Deferred()
+    connectWS(factory)
+    client: RawClient = await factory.opened
+
+    async def drop() -> None:
+        if not client.closed.called:
+            client.dropConnection(abort=True)
+            await client.closed
+
+    test.addCleanup(lambda: defer.ensureDeferred(drop()))
+    return client
