@@ -24,6 +24,7 @@ setup(
             "pytest-cov",
             "playwright",
             "mypy",
+            "mypy-zope",
             "ruff",
         ],
         "bench": ["websockify", "websockets", "psutil"],

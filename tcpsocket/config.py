@@ -4,21 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zope.interface import implementer
-
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
+from tcpsocket.policy import AllowAll
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
 KiB = 1024
 MiB = 1024 * KiB
-
-
-@implementer(IOpenPolicy)
-class AllowAll:
-    """The default policy: every host and port may be opened."""
-
-    def check(self, identity: str, host: str, port: int) -> str | None:
-        return None
 
 
 @dataclass(frozen=True)

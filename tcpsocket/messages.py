@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final, Union
+from typing import Final
 
 from tcpsocket.bincode import (
     DecodeError,
@@ -243,7 +243,7 @@ class ObjectRef:
         return out
 
 
-CoreRequest = Union[GetService, HasService, ObjectRef]
+CoreRequest = GetService | HasService | ObjectRef
 
 
 def decode_core_request(content: bytes) -> CoreRequest:

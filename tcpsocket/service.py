@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
@@ -35,10 +36,14 @@ _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 class SessionLink(TypingProtocol):
     """What a service needs from the session that created it."""
 
-    config: ServerConfig
     identity: str
-    reactor: Any
     sockets_in_use: int
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def reactor(self) -> Any: ...
 
     @property
     def congested(self) -> bool: ...
@@ -72,7 +77,7 @@ class _SocketFactory(Factory):
     def __init__(self, config: ServerConfig, owner: SocketOwner, clock: Any) -> None:
         self._args = (config, owner, clock)
 
-    def buildProtocol(self, addr: IAddress) -> RemoteSocket:
+    def buildProtocol(self, addr: IAddress | None) -> RemoteSocket:
         return RemoteSocket(*self._args)
 
 
@@ -197,7 +202,8 @@ class TcpSocketManagerService(SocketOwner):
         if denied is not None:
             return fail(f"not allowed: {denied}")
         if session.sockets_in_use >= config.max_sockets_per_session:
-            return fail(f"too many sockets in this session (limit {config.max_sockets_per_session})")
+            limit = config.max_sockets_per_session
+            return fail(f"too many sockets in this session (limit {limit})")
         session.sockets_in_use += 1
         endpoint = HostnameEndpoint(session.reactor, host, port, timeout=config.connect_timeout)
         factory = _SocketFactory(config, self, session.reactor)

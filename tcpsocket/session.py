@@ -20,6 +20,7 @@ from autobahn.twisted.websocket import (  # noqa: E402
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.interfaces import IDelayedCall, IPushProducer  # noqa: E402
 from twisted.logger import Logger  # noqa: E402
 from zope.interface import implementer  # noqa: E402
@@ -79,7 +80,17 @@ class _Congestion:
         pass
 
 
-class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class _ReactorTimer:
+    """The timer interface Autobahn asks of ``factory._batched_timer``."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._reactor.callLater(delay, func, *args, **kw)
+
+
+class SessionProtocol(WebSocketServerProtocol):
     """One client session."""
 
     factory: SessionFactory
@@ -96,6 +107,16 @@ class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def when_closed(self) -> Deferred[None]:
+        """A Deferred that fires once this session's WebSocket is closed."""
+        waiter: Deferred[None] = Deferred()
+        if self.state == self.STATE_CLOSED:
+            waiter.callback(None)
+        else:
+            self._closed_waiters.append(waiter)
+        return waiter
 
     # -- SessionLink -----------------------------------------------------------
 
@@ -158,9 +179,13 @@ class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._ending = True
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        # Autobahn leaves these armed when the peer drops the connection.
+        for timer in (self._handshake_timer, self.closeHandshakeTimeoutCall,
+                      self.openHandshakeTimeoutCall):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._handshake_timer = self.closeHandshakeTimeoutCall = None
+        self.openHandshakeTimeoutCall = None
         if self in self.factory.sessions:
             self.factory.sessions.discard(self)
             for service in self.services.values():
@@ -168,22 +193,29 @@ class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.services.clear()
             if self._authenticated:
                 log.info(
-                    "session of {identity} from {peer} ended ({code}{reason})",
+                    "session of {identity} from {peer} ended ({how})",
                     identity=self.identity,
                     peer=self._peer_name,
-                    code=code,
-                    reason=f": {reason}" if reason else "",
+                    how=f"code {code}" + (f": {reason}" if reason else "")
+                    if code is not None else "no close code",
                 )
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
-    # -- internals -----------------------------------------------------------
-
-    def _fail(self, code: int, reason: str) -> None:
-        log.warn("closing session from {peer}: {reason}", peer=self._peer_name, reason=reason)
+    def end(self, code: int, reason: str) -> None:
+        """Close the session with a WebSocket close ``code`` and ``reason``."""
         self._ending = True
         # sendClose() only takes application codes; protocol codes go in the
         # frame directly.  A close reason is at most 123 bytes of UTF-8.
         raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
         self.sendCloseFrame(code, raw, isReply=False)
+
+    # -- internals -----------------------------------------------------------
+
+    def _fail(self, code: int, reason: str) -> None:
+        log.warn("closing session from {peer}: {reason}", peer=self._peer_name, reason=reason)
+        self.end(code, reason)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
@@ -202,7 +234,8 @@ class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.identity = token.identity
         self._permissions = frozenset(token.permissions)
         self.sendMessage(encode_ack(True), isBinary=True)
-        log.info("session of {identity} from {peer} started", identity=self.identity, peer=self._peer_name)
+        log.info("session of {identity} from {peer} started",
+                 identity=self.identity, peer=self._peer_name)
 
     def _dispatch(self, payload: bytes) -> None:
         message = decode_base(payload)
@@ -271,10 +304,10 @@ class SessionProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 socket.congestion_changed()
 
 
-class SessionFactory(WebSocketServerFactory):  # type: ignore[misc]
+class SessionFactory(WebSocketServerFactory):
     """Creates sessions; holds the configuration and the live sessions."""
 
-    protocol = SessionProtocol
+    protocol = SessionProtocol  # type: ignore[assignment]
 
     def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
         if reactor is None:
@@ -282,6 +315,10 @@ class SessionFactory(WebSocketServerFactory):  # type: ignore[misc]
         super().__init__(reactor=reactor)
         self.config = config
         self.reactor = reactor
+        # Autobahn batches its timers (open/close handshake timeouts) per 200 ms
+        # bucket and leaves cancelled buckets armed; plain reactor timers are
+        # exact, cancel cleanly and follow the reactor given (a test clock).
+        self._batched_timer = _ReactorTimer(reactor)
         self.sessions: set[SessionProtocol] = set()
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,

@@ -7,6 +7,8 @@ from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -31,11 +33,11 @@ def build_root(sessions: SessionFactory) -> Resource:
 
 
 class TcpSocketSite(Site):
-    """A ``Site`` serving the daemon; :attr:`sessions` holds the live sessions."""
+    """A ``Site`` serving the daemon; :attr:`session_factory` knows the live sessions."""
 
     def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
-        self.sessions = SessionFactory(config, reactor)
-        super().__init__(build_root(self.sessions), reactor=self.sessions.reactor)
+        self.session_factory = SessionFactory(config, reactor)
+        super().__init__(build_root(self.session_factory), reactor=self.session_factory.reactor)
 
 
 def build_site(config: ServerConfig, reactor: Any = None) -> TcpSocketSite:
@@ -57,8 +59,18 @@ class TcpSocketService(MultiService):
         for description in listen:
             strports.service(description, self.site, reactor=reactor).setServiceParent(self)
 
-    def stopService(self) -> Any:
-        """Stop listening and end every session (their sockets flush, then close)."""
-        for session in list(self.site.sessions.sessions):
-            session.sendClose(GOING_AWAY, "daemon stopping")
-        return super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, end every session, and fire when they are closed.
+
+        The sessions' sockets flush what was accepted, then close (bounded by
+        the close timeout).
+        """
+        closed = []
+        for session in list(self.site.session_factory.sessions):
+            closed.append(session.when_closed())
+            session.end(GOING_AWAY, "daemon stopping")
+        stopping = defer.maybeDeferred(super().stopService)
+        done: Deferred[None] = defer.gatherResults([stopping, *closed]).addCallback(
+            lambda _: None
+        )
+        return done

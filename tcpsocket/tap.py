@@ -9,6 +9,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
+from tcpsocket.policy import AllowList, Rule
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tokens import Token, TokenStore, load_tokens_file
 
@@ -62,20 +63,32 @@ class Options(usage.Options):
          "Unsent bytes per socket above which send() answers false.", _positive_int],
         ["max-send-buffer", None, 16 * 1024 * 1024,
          "Unsent bytes per socket above which send() fails.", _positive_int],
+        ["session-buffer", None, 256 * 1024,
+         "Bytes queued towards a client above which its remotes stop being read.",
+         _positive_int],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["token"] = []
+        self["allow"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Where to listen, as a strports description (repeatable) [default: tcp:8081:interface=127.0.0.1]."""
+        """Strports to listen on, repeatable [default: tcp:8081:interface=127.0.0.1]."""
         self["listen"].append(description)
 
     def opt_token(self, value: str) -> None:
         """A session token granting tcp-socket (repeatable)."""
         self["token"].append(value)
+
+    def opt_allow(self, rule: str) -> None:
+        """Allow only matching remotes, HOST:PORTS, repeatable (e.g. '*.example.org:993,143',
+        '10.0.0.0/8:*', '[::1]:6667'); without it every remote is allowed."""
+        try:
+            self["allow"].append(Rule.parse(rule))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
         tokens = TokenStore()
@@ -99,8 +112,11 @@ class Options(usage.Options):
                     "max-message-size",
                     "high-water-mark",
                     "max-send-buffer",
+                    "session-buffer",
                 )
             }
+            if self["allow"]:
+                config_values["policy"] = AllowList(self["allow"])
             if not len(tokens):
                 raise usage.UsageError(_NO_TOKEN)
             self["config"] = ServerConfig(tokens=tokens, **config_values)

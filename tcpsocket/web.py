@@ -28,7 +28,12 @@ _STATIC_DIR = "static"
 #: Directories of ``static/`` served under ``/api/v1/``.
 _API_DIRS = ("shared", "tcpsocket")
 #: Files of ``static/`` served by the demo resource (``""`` is ``/``).
-_DEMO_FILES = {"": "index.html", "index.html": "index.html", "demo.js": "demo.js", "demo.css": "demo.css"}
+_DEMO_FILES = {
+    "": "index.html",
+    "index.html": "index.html",
+    "demo.js": "demo.js",
+    "demo.css": "demo.css",
+}
 #: ``/api/v1/`` aliases: alias path -> served path.
 _ALIASES = {
     "apps/service.js": "tcpsocket/service.js",
@@ -185,7 +190,7 @@ def _not_modified(request: Request, asset: StaticAsset) -> bool:
             since = http.stringToDatetime(if_modified_since)
         except (ValueError, IndexError, KeyError):
             return False
-        return asset.last_modified <= since
+        return asset.last_modified <= int(since)
     return False
 
 
@@ -262,7 +267,7 @@ class ApiV1Resource(Resource):
         super().__init__()
         self.assets: Mapping[str, StaticAsset] = _load_api_assets()
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """Serve the file named by the remaining path."""
         path = _decode_path(list(request.postpath or []))
         return _render_asset(request, None if path is None else self.assets.get(path))
@@ -277,7 +282,7 @@ class _AssetResource(Resource):
         super().__init__()
         self.asset = asset
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """Serve the file if the path ends here."""
         return _render_asset(request, None if request.postpath else self.asset)
 
@@ -287,7 +292,7 @@ class _NotFoundResource(Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """Answer 404."""
         return _render_asset(request, None)
 
@@ -302,12 +307,12 @@ class DemoResource(Resource):
         super().__init__()
         self.assets: Mapping[str, StaticAsset] = _load_demo_assets()
 
-    def getChild(self, path: bytes, request: Request) -> Resource:  # type: ignore[override]  # noqa: N802
+    def getChild(self, path: bytes, request: Request) -> Resource:
         """The demo file named ``path`` (``b""`` is the page), else a 404 resource."""
         asset = self.assets.get(path.decode("utf-8", "replace"))
         return _NotFoundResource() if asset is None else _AssetResource(asset)
 
-    def render(self, request: Request) -> bytes:  # type: ignore[override]
+    def render(self, request: Request) -> bytes:
         """Mounted below the root and asked without the trailing slash: redirect to it."""
         request.setResponseCode(http.MOVED_PERMANENTLY)
         path, sep, query = request.uri.partition(b"?")

@@ -13,10 +13,9 @@ txaio.use_twisted()
 from autobahn.twisted.websocket import (  # noqa: E402
     WebSocketClientFactory,
     WebSocketClientProtocol,
-    connectWS,
 )
 from twisted.internet import defer, reactor  # noqa: E402
-from twisted.internet.endpoints import TCP4ServerEndpoint  # noqa: E402
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint  # noqa: E402
 from twisted.internet.protocol import Factory, Protocol  # noqa: E402
 
 from tcpsocket.config import ServerConfig  # noqa: E402
@@ -123,7 +122,9 @@ class RemoteFactory(Factory):
         self.closed = 0
 
 
-async def listen_remote(test: Any, protocol: type[Remote], payload: bytes = b"") -> tuple[RemoteFactory, int]:
+async def listen_remote(
+    test: Any, protocol: type[Remote], payload: bytes = b""
+) -> tuple[RemoteFactory, int]:
     """Listen on 127.0.0.1 with ``protocol``; stopped at test cleanup. Returns the port."""
     factory = RemoteFactory(protocol, payload)
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
@@ -139,7 +140,11 @@ async def listen_remote(test: Any, protocol: type[Remote], payload: bytes = b"")
 
 
 async def start_daemon(test: Any, **overrides: Any) -> tuple[Any, int]:
-    """Run the daemon on 127.0.0.1; returns the site and its port."""
+    """Run the daemon on 127.0.0.1; returns the site and its port.
+
+    ``site.session_factory.sessions`` is the set of live ``SessionProtocol``s
+    (note: ``site.sessions`` is twisted.web's own, unrelated dict).
+    """
     site = build_site(test_config(**overrides))
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
     test.addCleanup(port.stopListening)
@@ -186,11 +191,17 @@ class RawClient(WebSocketClientProtocol):  # type: ignore[misc]
 
 
 async def raw_client(test: Any, port: int) -> RawClient:
-    """A connected raw client; dropped at test cleanup."""
-    factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    """A raw client connected to the daemon on 127.0.0.1; dropped at test cleanup."""
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    return await raw_client_on(test, endpoint, f"ws://127.0.0.1:{port}/ws")
+
+
+async def raw_client_on(test: Any, endpoint: Any, url: str = "ws://localhost/ws") -> RawClient:
+    """A raw client connected through any client endpoint; dropped at test cleanup."""
+    factory = WebSocketClientFactory(url)
     factory.protocol = RawClient
     factory.opened = defer.Deferred()
-    connectWS(factory)
+    await endpoint.connect(factory)
     client: RawClient = await factory.opened
 
     async def drop() -> None:

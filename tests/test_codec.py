@@ -163,8 +163,8 @@ class VectorTests(SynchronousTestCase):
         enable = ObjectRef(Core.ENABLE_EVENT, 1, 1, Event.DATA)
         self.assertEqual(encode_request(0, 0, 7, enable.encode()), vector)
         self.assertEqual(decode_core_request(decode_base(vector).content), enable)
-        self.assertEqual(encode_response(0, 0, 7, encode_core_bool_response(Core.ENABLE_EVENT, True)),
-                         h("00 00 01 07 02 03 01"))
+        reply = encode_core_bool_response(Core.ENABLE_EVENT, True)
+        self.assertEqual(encode_response(0, 0, 7, reply), h("00 00 01 07 02 03 01"))
 
     def test_send(self) -> None:
         vector = h("01 01 00 09 07 02 05 48 65 6c 6c 6f")
@@ -184,7 +184,8 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(decode_socket_reply(message.content).value, b"Hello")
 
     def test_close(self) -> None:
-        self.assertEqual(encode_request(1, 1, 11, encode_method(Method.CLOSE)), h("01 01 00 0b 01 00"))
+        close = encode_method(Method.CLOSE)
+        self.assertEqual(encode_request(1, 1, 11, close), h("01 01 00 0b 01 00"))
         self.assertEqual(encode_response(1, 1, 11, encode_reply(Reply.CLOSE_SUCCESS)),
                          h("01 01 01 0b 01 00"))
 

@@ -1,0 +1,23 @@
+"""Add tcpsocket as an ``IService`` to an application; run: ``twistd -ny embed_service.tac``."""
+
+import os
+
+from twisted.application.service import Application, MultiService
+
+from tcpsocket import ServerConfig, TcpSocketService, Token, TokenStore
+
+
+def make_services(token: str, listen: list[str]) -> MultiService:
+    """The application's services, tcpsocket among them."""
+    services = MultiService()
+    # ... the application's own services are added here ...
+    config = ServerConfig(tokens=TokenStore([Token(token, identity="my-app")]))
+    TcpSocketService(config, listen).setServiceParent(services)
+    return services
+
+
+application = Application("my-app")
+make_services(
+    os.environ.get("APP_TOKEN", "secrettoken"),
+    [os.environ.get("APP_LISTEN", "tcp:8081:interface=127.0.0.1")],
+).setServiceParent(application)

@@ -1,0 +1,49 @@
+"""Mount tcpsocket in an existing ``twisted.web`` Site.
+
+Your application keeps its own resources; tcpsocket adds ``/ws`` (the session
+WebSocket) and ``/api/v1/`` (the JavaScript library).  Run it with::
+
+    APP_TOKEN=secrettoken python doc/examples/embed_site.py
+
+then open http://127.0.0.1:8080/ and load the scripts from /api/v1/.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from tcpsocket import ApiV1Resource, ServerConfig, SessionFactory, Token, TokenStore
+
+
+def build_app_site(token: str, reactor: Any = None) -> Site:
+    """The application's Site, with tcpsocket mounted in it."""
+    root = Resource()
+    root.putChild(b"", Data(b"<!doctype html><title>My app</title><h1>My app</h1>", "text/html"))
+
+    config = ServerConfig(tokens=TokenStore([Token(token, identity="my-app")]))
+    sessions = SessionFactory(config, reactor)
+    root.putChild(b"ws", sessions.websocket_resource())
+    api = Resource()
+    api.putChild(b"v1", ApiV1Resource())
+    root.putChild(b"api", api)
+    return Site(root)
+
+
+def main(reactor: Any) -> Any:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.endpoints import serverFromString
+
+    site = build_app_site(os.environ["APP_TOKEN"], reactor)
+    serverFromString(reactor, "tcp:8080:interface=127.0.0.1").listen(site)
+    return Deferred()  # run until interrupted
+
+
+if __name__ == "__main__":
+    from twisted.internet.task import react
+
+    react(main)

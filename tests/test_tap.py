@@ -1,0 +1,194 @@
+"""``twistd tcpsocket``: options, tokens, and a real daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from unittest import mock
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tcpsocket.config import DEFAULT_LISTEN
+from tcpsocket.messages import encode_handshake
+from tcpsocket.policy import AllowList
+from tcpsocket.site import TcpSocketService
+from tcpsocket.tap import Options, makeService
+from tests.support import raw_client_on, wait_until
+
+ROOT = Path(__file__).parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def parse(*args: str, environ: dict[str, str] | None = None) -> Options:
+    options = Options()
+    with mock.patch.dict(os.environ, environ or {}, clear=True):
+        options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_no_token_refused_with_advice(self) -> None:
+        with self.assertRaises(usage.UsageError) as caught:
+            parse()
+        self.assertIn("WS_RUNTIME_TOKEN", str(caught.exception))
+        self.assertIn("--token", str(caught.exception))
+
+    def test_environment_token(self) -> None:
+        config = parse(environ={"WS_RUNTIME_TOKEN": "secrettoken"})["config"]
+        token = config.tokens.authenticate("secrettoken")
+        self.assertEqual((token.identity, token.permissions), ("desktop", {"tcp-socket"}))
+        self.assertIsNone(config.tokens.authenticate("other"))
+
+    def test_token_options_repeat(self) -> None:
+        config = parse("--token", "a", "--token", "b")["config"]
+        self.assertIsNotNone(config.tokens.authenticate("a"))
+        self.assertIsNotNone(config.tokens.authenticate("b"))
+
+    def test_tokens_file(self) -> None:
+        path = Path(self.mktemp())
+        path.write_text(json.dumps([
+            {"token": "once", "identity": "app.example", "single_use": True},
+            {"token": "none", "identity": "viewer", "permissions": []},
+        ]))
+        config = parse("--tokens-file", str(path))["config"]
+        once = config.tokens.authenticate("once")
+        self.assertEqual(once.identity, "app.example")
+        self.assertIsNone(config.tokens.authenticate("once"), "single-use tokens are consumed")
+        self.assertEqual(config.tokens.authenticate("none").permissions, frozenset())
+
+    def test_bad_tokens_file(self) -> None:
+        path = Path(self.mktemp())
+        for content in ("{", '{"token": "x"}', '[{"token": ""}]', '[{"token": "x", "extra": 1}]',
+                        '[{"token": "x", "permissions": "tcp-socket"}]'):
+            path.write_text(content)
+            self.assertRaises(usage.UsageError, parse, "--tokens-file", str(path))
+        self.assertRaises(usage.UsageError, parse, "--tokens-file", str(path) + ".missing")
+
+    def test_defaults(self) -> None:
+        options = parse("--token", "t")
+        config = options["config"]
+        self.assertEqual(options["listen"], [DEFAULT_LISTEN])
+        self.assertEqual(DEFAULT_LISTEN, "tcp:8081:interface=127.0.0.1")
+        self.assertEqual(
+            (config.connect_timeout, config.handshake_timeout, config.high_water_mark,
+             config.max_send_buffer, config.max_sockets_per_session, config.max_sessions),
+            (10.0, 10.0, 65536, 16 * 1024 * 1024, 256, 1024),
+        )
+
+    def test_limits_and_listen(self) -> None:
+        options = parse(
+            "--token", "t", "--listen", "tcp:0", "--listen", "unix:/tmp/x.sock",
+            "--connect-timeout", "2.5", "--handshake-timeout", "3", "--close-timeout", "4",
+            "--max-sockets-per-session", "7", "--max-sessions", "9",
+            "--max-message-size", "1000", "--high-water-mark", "100",
+            "--max-send-buffer", "200", "--session-buffer", "300",
+        )
+        config = options["config"]
+        self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/x.sock"])
+        self.assertEqual(
+            (config.connect_timeout, config.handshake_timeout, config.close_timeout,
+             config.max_sockets_per_session, config.max_sessions, config.max_message_size,
+             config.high_water_mark, config.max_send_buffer, config.session_buffer),
+            (2.5, 3.0, 4.0, 7, 9, 1000, 100, 200, 300),
+        )
+
+    def test_bad_values(self) -> None:
+        for args in (("--connect-timeout", "0"), ("--max-sessions", "-1"),
+                     ("--high-water-mark", "x"),
+                     ("--high-water-mark", "10", "--max-send-buffer", "5"),
+                     ("--allow", "nocolon"), ("--allow", "host:0"), ("--allow", "host:9-x")):
+            self.assertRaises(usage.UsageError, parse, "--token", "t", *args)
+
+    def test_allow_rules(self) -> None:
+        policy = parse("--token", "t", "--allow", "*.example.org:993,143",
+                       "--allow", "10.0.0.0/8:*", "--allow", "[::1]:6660-6669")["config"].policy
+        self.assertIsInstance(policy, AllowList)
+        self.assertIsNone(policy.check("", "imap.example.org", 993))
+        self.assertIsNotNone(policy.check("", "imap.example.org", 25))
+        self.assertIsNone(policy.check("", "10.2.3.4", 1))
+        self.assertIsNone(policy.check("", "::1", 6667))
+        self.assertIsNotNone(policy.check("", "11.0.0.1", 80))
+        self.assertIsNotNone(policy.check("", "example.org", 993))
+
+    def test_make_service(self) -> None:
+        service = makeService(parse("--token", "t", "--listen", "tcp:0", "--listen", "tcp:0"))
+        self.assertIsInstance(service, TcpSocketService)
+        self.assertEqual(len(list(service)), 2)
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+class TwistdTests(TestCase):
+    async def test_help_documents_every_option(self) -> None:
+        out, err, code = await getProcessOutputAndValue(
+            TWISTD[0], [*TWISTD[1:], "tcpsocket", "--help"], env=dict(os.environ), path=str(ROOT)
+        )
+        self.assertEqual(code, 0, err)
+        text = out.decode()
+        for option in ("--listen", "--token", "--tokens-file", "--connect-timeout",
+                       "--handshake-timeout", "--close-timeout", "--max-sockets-per-session",
+                       "--max-sessions", "--max-message-size", "--high-water-mark",
+                       "--max-send-buffer", "--session-buffer", "--allow", "WS_RUNTIME_TOKEN"):
+            self.assertIn(option, text)
+
+    async def test_refuses_to_start_without_token(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
+        out, err, code = await getProcessOutputAndValue(
+            TWISTD[0], [*TWISTD[1:], "-n", "--pidfile=", "tcpsocket"], env=env, path=str(ROOT)
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"WS_RUNTIME_TOKEN", out + err)
+
+    async def test_daemon_serves_on_unix_socket_and_logs_sessions(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        collect = _Collect()
+        env = dict(os.environ, WS_RUNTIME_TOKEN="from-environment")
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            collect, TWISTD[0],
+            [*TWISTD, "-n", "--pidfile=", "tcpsocket", "--listen", f"unix:{path}"],
+            env=env, path=str(ROOT),
+        )
+
+        async def stop() -> None:
+            if not collect.ended.called:
+                process.signalProcess(signal.SIGKILL)
+                await collect.ended
+
+        self.addCleanup(lambda: defer.ensureDeferred(stop()))
+        await wait_until(lambda: os.path.exists(path) or collect.ended.called, timeout=30)
+        self.assertFalse(collect.ended.called, collect.output.decode())
+
+        client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
+        client.send(encode_handshake("from-environment"))
+        self.assertEqual(await client.next(), b"\x01")
+        client.sendClose(1000, "done")
+        await client.closed
+
+        await wait_until(lambda: b"ended" in collect.output, timeout=30)
+        process.signalProcess(signal.SIGTERM)
+        await collect.ended
+        log = collect.output.decode()
+        self.assertIn("session of desktop from unix", log)
+        self.assertIn("started", log)
+        self.assertIn("ended (code 1000: done)", log)
