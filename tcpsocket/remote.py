@@ -336,6 +336,9 @@ class RemoteSocket(Protocol):
 
     def _finish_close(self) -> None:
         if not self._queue and self.transport is not None:
+            # A transport with a registered producer does not close until the
+            # producer is unregistered; it writes what it holds, then FIN.
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
 
     def _close_timed_out(self) -> None:
