@@ -15,11 +15,12 @@ class IToken(Interface):
 class ITokenStore(Interface):
     """Checks session tokens (protocol.md B.1)."""
 
-    def authenticate(value: str) -> IToken | None:
+    def authenticate(value: str, origin: str | None = None) -> IToken | None:
         """
-        Return the token's grant, or None if it is not valid.
+        Return the token's grant, or None if it is not valid (for ``origin``).
 
-        A single-use token is consumed by a successful call.
+        ``origin`` is the WebSocket's ``Origin`` header, if the client sent
+        one.  A single-use token is consumed by a successful call.
         """
 
 

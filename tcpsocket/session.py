@@ -107,6 +107,7 @@ class SessionProtocol(WebSocketServerProtocol):
         self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
+        self._origin: str | None = None
         self._closed_waiters: list[Deferred[None]] = []
 
     def when_closed(self) -> Deferred[None]:
@@ -144,6 +145,7 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = request.peer
+        self._origin = request.origin
         if len(self.factory.sessions) >= self.config.max_sessions:
             log.warn("refused session from {peer}: too many sessions", peer=request.peer)
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
@@ -225,7 +227,7 @@ class SessionProtocol(WebSocketServerProtocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
-        token = self.config.tokens.authenticate(decode_handshake(payload))
+        token = self.config.tokens.authenticate(decode_handshake(payload), self._origin)
         if token is None:
             self.sendMessage(encode_ack(False), isBinary=True)
             self._fail(POLICY_VIOLATION, "invalid token")

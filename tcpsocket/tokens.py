@@ -27,6 +27,11 @@ class Token:
     identity: str = DESKTOP_IDENTITY
     permissions: frozenset[str] = field(default_factory=lambda: frozenset({PERMISSION}))
     single_use: bool = False
+    #: If not empty, the only web origins (``https://app.example``) it is valid from.
+    origins: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origins", frozenset(o.lower() for o in self.origins))
 
 
 def _digest(value: str) -> bytes:
@@ -53,17 +58,19 @@ class TokenStore:
             raise ValueError("a token must not be empty")
         self._tokens[_digest(token.value)] = token
 
-    def authenticate(self, value: str) -> Token | None:
+    def authenticate(self, value: str, origin: str | None = None) -> Token | None:
         key = _digest(value)
         token = self._tokens.get(key)
-        if token is not None and token.single_use:
+        if token is None or (token.origins and (origin or "").lower() not in token.origins):
+            return None
+        if token.single_use:
             del self._tokens[key]
         return token
 
 
 def token_from_json(entry: Mapping[str, Any]) -> Token:
     """Build a token from one entry of a tokens file."""
-    unknown = set(entry) - {"token", "identity", "permissions", "single_use"}
+    unknown = set(entry) - {"token", "identity", "permissions", "single_use", "origins"}
     if unknown:
         raise ValueError(f"unknown token fields: {', '.join(sorted(unknown))}")
     value = entry.get("token")
@@ -72,17 +79,20 @@ def token_from_json(entry: Mapping[str, Any]) -> Token:
     identity = entry.get("identity", DESKTOP_IDENTITY)
     permissions = entry.get("permissions", [PERMISSION])
     single_use = entry.get("single_use", False)
+    origins = entry.get("origins", [])
     if not isinstance(identity, str):
         raise ValueError("'identity' must be a string")
     if not isinstance(permissions, list) or not all(isinstance(p, str) for p in permissions):
         raise ValueError("'permissions' must be a list of strings")
     if not isinstance(single_use, bool):
         raise ValueError("'single_use' must be true or false")
-    return Token(value, identity, frozenset(permissions), single_use)
+    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+        raise ValueError("'origins' must be a list of strings")
+    return Token(value, identity, frozenset(permissions), single_use, frozenset(origins))
 
 
 def load_tokens_file(path: str | Path) -> list[Token]:
-    """Read a JSON tokens file: a list of ``{"token", "identity", "permissions", "single_use"}``."""
+    """Read a JSON tokens file: a list of ``{"token", "identity", "permissions", ...}``."""
     try:
         entries = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

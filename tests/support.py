@@ -196,9 +196,11 @@ async def raw_client(test: Any, port: int) -> RawClient:
     return await raw_client_on(test, endpoint, f"ws://127.0.0.1:{port}/ws")
 
 
-async def raw_client_on(test: Any, endpoint: Any, url: str = "ws://localhost/ws") -> RawClient:
+async def raw_client_on(
+    test: Any, endpoint: Any, url: str = "ws://localhost/ws", origin: str | None = None
+) -> RawClient:
     """A raw client connected through any client endpoint; dropped at test cleanup."""
-    factory = WebSocketClientFactory(url)
+    factory = WebSocketClientFactory(url, origin=origin)
     factory.protocol = RawClient
     factory.opened = defer.Deferred()
     await endpoint.connect(factory)
