@@ -1,0 +1,148 @@
+"""The TcpSocketManager service (the JS ``TcpSocketManager``): opens sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeAlias
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from tcpsocket.client.events import EventConstants, Listeners, check_event
+from tcpsocket.client.session import Session
+from tcpsocket.client.socket import TcpSocket, reply_value
+from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.messages import SERVICE_NAME, Event, Method, encode_open
+
+__all__ = ["ManagerListener", "TcpSocketManager"]
+
+#: A manager's listener: called with the socket and the event's value.
+ManagerListener: TypeAlias = Callable[[TcpSocket, Any], object]
+
+
+def _decode_open(content: bytes) -> int:
+    value = reply_value(Method.OPEN, content)
+    assert isinstance(value, int)
+    return value
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+def _address(
+    address: Mapping[str, Any] | None, host: str | None, port: int | None
+) -> tuple[str, int]:
+    if address is not None:
+        if host is not None or port is not None:
+            raise TypeError("open() takes an address or host= and port=, not both")
+        try:
+            host, port = address["host"], address["port"]
+        except KeyError as e:
+            raise TypeError(f"the address has no {e.args[0]!r}") from None
+    if not isinstance(host, str):
+        raise TypeError("host must be a string")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError("port must be an int")
+    return host, port
+
+
+class TcpSocketManager(EventConstants):
+    """One instance of the service in a session; get it with :meth:`get`.
+
+    Listeners added here get the events of every socket it opened, called as
+    ``listener(socket, value)``.
+    """
+
+    SERVICE_NAME: Final = SERVICE_NAME
+    FINGERPRINT: Final = TCPSOCKET_FINGERPRINT
+
+    def __init__(self, session: Session, service_id: int) -> None:
+        self.session = session
+        self.service_id = service_id
+        self._listeners: Listeners[ManagerListener] = Listeners()
+        self._sockets: dict[int, TcpSocket] = {}
+
+    def __repr__(self) -> str:
+        return f"<TcpSocketManager {self.service_id} of {self.session.url}>"
+
+    @classmethod
+    def get(cls, session: Session) -> Deferred[TcpSocketManager]:
+        """GetService: a new instance; fails with :class:`GetServiceError`."""
+        got = session.get_service(SERVICE_NAME, TCPSOCKET_FINGERPRINT)
+        return got.addCallback(lambda service_id: cls(session, service_id))
+
+    @property
+    def sockets(self) -> list[TcpSocket]:
+        """The sockets of this instance that are not closed or released."""
+        return list(self._sockets.values())
+
+    def open(
+        self,
+        address: Mapping[str, Any] | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> Deferred[TcpSocket]:
+        """Connect to ``{"host": ..., "port": ...}`` (or ``host=``, ``port=``).
+
+        Fires once the connection is established; fails with
+        :class:`TcpSocketError` and the daemon's reason.  Cancelling it
+        releases the socket if it opens after all.
+        """
+        host, port = _address(address, host, port)
+        content = encode_open(host, port)
+        cancelled = False
+
+        def cancel(_: Deferred[TcpSocket]) -> None:
+            nonlocal cancelled
+            cancelled = True
+
+        result: Deferred[TcpSocket] = Deferred(cancel)
+
+        def opened(object_id: int) -> None:
+            if cancelled:
+                self.session.release_object(self.service_id, object_id).addErrback(_ignore)
+                return
+            socket = TcpSocket(self, object_id, host, port)
+            self._sockets[object_id] = socket
+            self.session.register(self.service_id, object_id, socket)
+            for event in Event:
+                if self._listeners.has(event):
+                    socket._sync(event)
+            result.callback(socket)
+
+        def failed(reason: Any) -> None:
+            if not cancelled:
+                result.errback(reason)
+
+        self.session.call(self.service_id, 0, content, _decode_open).addCallbacks(opened, failed)
+        return result
+
+    def release(self) -> Deferred[bool]:
+        """Release this service instance: the daemon closes all its sockets, no events follow."""
+        for socket in self.sockets:
+            socket._released = True
+            socket._detach()
+        return self.session.release_object(self.service_id, 0)
+
+    def add_event_listener(self, event: int, listener: ManagerListener) -> Deferred[None]:
+        """Call ``listener(socket, value)`` on each ``event`` of every socket of this instance."""
+        kind = check_event(event)
+        if self._listeners.add(kind, listener):
+            return self._sync_sockets(kind)
+        return defer.succeed(None)
+
+    def remove_event_listener(self, event: int, listener: ManagerListener) -> Deferred[None]:
+        """Remove ``listener``."""
+        kind = check_event(event)
+        if self._listeners.remove(kind, listener):
+            return self._sync_sockets(kind)
+        return defer.succeed(None)
+
+    def _sync_sockets(self, event: Event) -> Deferred[None]:
+        synced = [socket._sync(event) for socket in self.sockets]
+        return defer.gatherResults(synced).addCallback(_ignore)
+
+    def _forget(self, socket: TcpSocket) -> None:
+        self._sockets.pop(socket.object_id, None)
