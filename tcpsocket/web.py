@@ -18,7 +18,7 @@ from importlib.resources.abc import Traversable
 
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 __all__ = ["ApiV1Resource", "DemoResource"]
 
@@ -198,15 +198,21 @@ def _cors(request: Request) -> None:
     request.setHeader(b"access-control-allow-origin", b"*")
 
 
-def _preflight(request: Request) -> bytes:
-    request.setResponseCode(http.NO_CONTENT)
+def _without_body(request: Request, code: int) -> int:
+    """Finish a 204/304 now, so that Twisted adds no ``Content-Length: 0``."""
+    request.setResponseCode(code)
+    request.finish()
+    return NOT_DONE_YET
+
+
+def _preflight(request: Request) -> int:
     request.setHeader(b"access-control-allow-methods", _ALLOWED_METHODS)
     requested = request.getHeader(b"access-control-request-headers")
     if requested:
         request.setHeader(b"access-control-allow-headers", requested)
     request.setHeader(b"access-control-max-age", b"86400")
     request.setHeader(b"allow", _ALLOWED_METHODS)
-    return b""
+    return _without_body(request, http.NO_CONTENT)
 
 
 def _not_found(request: Request) -> bytes:
@@ -216,7 +222,7 @@ def _not_found(request: Request) -> bytes:
     return b"Not Found\n"
 
 
-def _render_asset(request: Request, asset: StaticAsset | None) -> bytes:
+def _render_asset(request: Request, asset: StaticAsset | None) -> bytes | int:
     """Answer ``request`` with ``asset`` (``None``: 404), handling methods and validators."""
     _cors(request)
     if asset is None:
@@ -234,8 +240,7 @@ def _render_asset(request: Request, asset: StaticAsset | None) -> bytes:
     request.setHeader(b"cache-control", b"no-cache")
     request.setHeader(b"x-content-type-options", b"nosniff")
     if _not_modified(request, asset):
-        request.setResponseCode(http.NOT_MODIFIED)
-        return b""
+        return _without_body(request, http.NOT_MODIFIED)
     request.setHeader(b"content-type", asset.content_type)
     return asset.body
 
@@ -267,7 +272,7 @@ class ApiV1Resource(Resource):
         super().__init__()
         self.assets: Mapping[str, StaticAsset] = _load_api_assets()
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """Serve the file named by the remaining path."""
         path = _decode_path(list(request.postpath or []))
         return _render_asset(request, None if path is None else self.assets.get(path))
@@ -282,7 +287,7 @@ class _AssetResource(Resource):
         super().__init__()
         self.asset = asset
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """Serve the file if the path ends here."""
         return _render_asset(request, None if request.postpath else self.asset)
 
@@ -292,7 +297,7 @@ class _NotFoundResource(Resource):
 
     isLeaf = True
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """Answer 404."""
         return _render_asset(request, None)
 
@@ -312,7 +317,7 @@ class DemoResource(Resource):
         asset = self.assets.get(path.decode("utf-8", "replace"))
         return _NotFoundResource() if asset is None else _AssetResource(asset)
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
         """Mounted below the root and asked without the trailing slash: redirect to it."""
         request.setResponseCode(http.MOVED_PERMANENTLY)
         path, sep, query = request.uri.partition(b"?")

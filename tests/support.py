@@ -39,6 +39,9 @@ def test_config(**overrides: Any) -> ServerConfig:
     return ServerConfig(tokens=tokens, **overrides)
 
 
+test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
+
+
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.005) -> None:
     """Poll ``predicate`` on the reactor until it is true (an event, not a fixed sleep)."""
     waited = 0.0

@@ -182,6 +182,8 @@ class ValidatorTests(WebTestCase):
             self.assertEqual(again.code, http.NOT_MODIFIED, value)
             self.assertEqual(again.body, b"")
             self.assertEqual(again.header("etag"), etag)
+            self.assertIsNone(again.header("content-length"))
+            self.assertIsNone(again.header("transfer-encoding"))
             self.assertEqual(again.header("access-control-allow-origin"), "*")
         other = await self.fetch(self.PATH, if_none_match='"0123"')
         self.assertEqual(other.code, 200)
@@ -255,6 +257,8 @@ class CorsTests(WebTestCase):
         self.assertEqual(response.header("access-control-allow-methods"), "GET, HEAD, OPTIONS")
         self.assertEqual(response.header("access-control-allow-headers"), "if-none-match, x-custom")
         self.assertEqual(response.header("access-control-max-age"), "86400")
+        self.assertIsNone(response.header("content-length"))
+        self.assertIsNone(response.header("transfer-encoding"))
 
 
 class NotFoundTests(WebTestCase):

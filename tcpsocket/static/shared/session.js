@@ -21,7 +21,10 @@
   const DEFAULT_PORT = 8081;
   const RECONNECT_INITIAL_MS = 250;
   const RECONNECT_MAX_MS = 5000;
-  const SESSION_CLOSED = Object.freeze({ reason: "session_closed" });
+  /** Rejection value of calls that cannot reach the daemon (a fresh object each time). */
+  function sessionClosed() {
+    return { reason: "session_closed" };
+  }
 
   // URL of this script, captured while it runs (the port rule needs it):
   // the module wrapper passes import.meta.url; a classic script has
@@ -247,7 +250,7 @@
      * {reason: "session_closed"} unless `generation` is the open connection.
      */
     _call(generation, service, object, content, decode) {
-      if (this._state !== "open" || generation !== this._generation) return Promise.reject(SESSION_CLOSED);
+      if (this._state !== "open" || generation !== this._generation) return Promise.reject(sessionClosed());
       const id = this._nextId;
       this._nextId += 2;
       let frame;
@@ -262,7 +265,7 @@
           this._ws.send(frame);
         } catch (e) {
           this._pending.delete(id);
-          reject(SESSION_CLOSED);
+          reject(sessionClosed());
         }
       });
     }
@@ -428,7 +431,7 @@
       this._objects.clear();
       const pending = Array.from(this._pending.values());
       this._pending.clear();
-      for (const p of pending) p.reject(SESSION_CLOSED);
+      for (const p of pending) p.reject(sessionClosed());
       return ws;
     }
 
