@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import txaio
@@ -24,6 +27,13 @@ from tcpsocket.tokens import Token, TokenStore  # noqa: E402
 
 TOKEN = "secrettoken"
 NO_PERMISSION_TOKEN = "no-permission"
+
+
+def temp_dir(test: Any) -> Path:
+    """A fresh short directory (UNIX socket paths must stay short), removed at cleanup."""
+    path = Path(tempfile.mkdtemp(prefix="tcpsocket-"))
+    test.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def open_fds() -> int:

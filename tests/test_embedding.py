@@ -20,7 +20,7 @@ from tcpsocket.messages import (
     encode_request,
     encode_send,
 )
-from tests.support import Echo, RawClient, listen_remote, raw_client, raw_client_on
+from tests.support import Echo, RawClient, listen_remote, raw_client, raw_client_on, temp_dir
 
 EXAMPLES = Path(__file__).parent.parent / "doc" / "examples"
 
@@ -64,7 +64,7 @@ class EmbedSiteTests(TestCase):
 
 class EmbedServiceTests(TestCase):
     async def test_service_example_on_unix_socket(self) -> None:
-        path = self.mktemp()
+        path = str(temp_dir(self) / "tcpsocket.sock")
         example: dict[str, Any] = runpy.run_path(
             str(EXAMPLES / "embed_service.tac"), run_name="example"
         )

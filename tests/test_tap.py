@@ -22,7 +22,7 @@ from tcpsocket.messages import encode_handshake
 from tcpsocket.policy import AllowList
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tap import Options, makeService
-from tests.support import raw_client_on, wait_until
+from tests.support import raw_client_on, temp_dir, wait_until
 
 ROOT = Path(__file__).parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -54,7 +54,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNotNone(config.tokens.authenticate("b"))
 
     def test_tokens_file(self) -> None:
-        path = Path(self.mktemp())
+        path = temp_dir(self) / "tokens.json"
         path.write_text(json.dumps([
             {"token": "once", "identity": "app.example", "single_use": True},
             {"token": "none", "identity": "viewer", "permissions": []},
@@ -66,7 +66,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.tokens.authenticate("none").permissions, frozenset())
 
     def test_bad_tokens_file(self) -> None:
-        path = Path(self.mktemp())
+        path = temp_dir(self) / "tokens.json"
         for content in ("{", '{"token": "x"}', '[{"token": ""}]', '[{"token": "x", "extra": 1}]',
                         '[{"token": "x", "permissions": "tcp-socket"}]'):
             path.write_text(content)
@@ -161,7 +161,7 @@ class TwistdTests(TestCase):
         self.assertIn(b"WS_RUNTIME_TOKEN", out + err)
 
     async def test_daemon_serves_on_unix_socket_and_logs_sessions(self) -> None:
-        path = os.path.abspath(self.mktemp())
+        path = str(temp_dir(self) / "daemon.sock")
         collect = _Collect()
         env = dict(os.environ, WS_RUNTIME_TOKEN="from-environment")
         process = reactor.spawnProcess(  # type: ignore[attr-defined]
