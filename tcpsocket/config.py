@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
 from tcpsocket.policy import AllowAll
@@ -10,6 +15,14 @@ from tcpsocket.policy import AllowAll
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
 KiB = 1024
 MiB = 1024 * KiB
+
+#: How the daemon reaches a remote: ``connect(reactor, host, port, timeout)`` gives the endpoint.
+RemoteConnector = Callable[[Any, str, int, float], IStreamClientEndpoint]
+
+
+def hostname_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """The default :attr:`ServerConfig.connect`: a ``HostnameEndpoint`` (name lookup, IPv4/IPv6)."""
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -27,6 +40,8 @@ class ServerConfig:
     high_water_mark: int = 64 * KiB
     max_send_buffer: int = 16 * MiB
     session_buffer: int = 256 * KiB
+    #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
+    connect: RemoteConnector = hostname_endpoint
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "handshake_timeout", "close_timeout"):

@@ -10,7 +10,6 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
@@ -185,8 +184,9 @@ class TcpSocketManagerService(SocketOwner):
         socket.detach()
 
     def _respond(self, object_id: int, request_id: int, content: bytes) -> None:
-        if not self._stopped:
-            self.session.send_response(self.service_id, object_id, request_id, content)
+        # Also after stop(): an open still pending when the service is released
+        # gets its error (the session drops responses once it is ending).
+        self.session.send_response(self.service_id, object_id, request_id, content)
 
     def _open(self, request_id: int, host: str, port: int) -> None:
         session = self.session
@@ -205,7 +205,7 @@ class TcpSocketManagerService(SocketOwner):
             limit = config.max_sockets_per_session
             return fail(f"too many sockets in this session (limit {limit})")
         session.sockets_in_use += 1
-        endpoint = HostnameEndpoint(session.reactor, host, port, timeout=config.connect_timeout)
+        endpoint = config.connect(session.reactor, host, port, config.connect_timeout)
         factory = _SocketFactory(config, self, session.reactor)
         connecting: Deferred[Any] = endpoint.connect(factory)
         connecting.addTimeout(config.connect_timeout, session.reactor)
@@ -216,7 +216,9 @@ class TcpSocketManagerService(SocketOwner):
             socket.socket_id = self._next_id
             self._next_id += 1
             if self._stopped:
+                session.sockets_in_use -= 1
                 socket.detach()
+                fail(f"the service was released ({host} port {port})")
                 return
             self.sockets[socket.socket_id] = socket
             self._respond(0, request_id, encode_open_success(socket.socket_id))
@@ -224,6 +226,7 @@ class TcpSocketManagerService(SocketOwner):
         def failed(reason: Failure) -> None:
             self._connecting.discard(connecting)
             session.sockets_in_use -= 1
-            fail(f"{describe_failure(reason)} ({host} port {port})")
+            why = "the service was released" if self._stopped else describe_failure(reason)
+            fail(f"{why} ({host} port {port})")
 
         connecting.addCallbacks(connected, failed)

@@ -10,25 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import txaio
-
-txaio.use_twisted()
-
-from autobahn.twisted.resource import WebSocketResource  # noqa: E402
-from autobahn.twisted.websocket import (  # noqa: E402
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest  # noqa: E402
-from twisted.internet.defer import Deferred  # noqa: E402
-from twisted.internet.interfaces import IDelayedCall, IPushProducer  # noqa: E402
-from twisted.logger import Logger  # noqa: E402
-from zope.interface import implementer  # noqa: E402
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
 
-from tcpsocket.bincode import DecodeError  # noqa: E402
-from tcpsocket.config import ServerConfig  # noqa: E402
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT  # noqa: E402
-from tcpsocket.messages import (  # noqa: E402
+from tcpsocket._timers import use_reactor_timers
+from tcpsocket.bincode import DecodeError
+from tcpsocket.config import ServerConfig
+from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.messages import (
     CORE_SERVICE,
     PERMISSION,
     REPLIES,
@@ -50,7 +47,7 @@ from tcpsocket.messages import (  # noqa: E402
     encode_reply,
     encode_response,
 )
-from tcpsocket.service import TcpSocketManagerService  # noqa: E402
+from tcpsocket.service import TcpSocketManagerService
 
 __all__ = ["SessionFactory", "SessionProtocol"]
 
@@ -78,16 +75,6 @@ class _Congestion:
 
     def stopProducing(self) -> None:
         pass
-
-
-class _ReactorTimer:
-    """The timer interface Autobahn asks of ``factory._batched_timer``."""
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-
-    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._reactor.callLater(delay, func, *args, **kw)
 
 
 class SessionProtocol(WebSocketServerProtocol):
@@ -317,10 +304,7 @@ class SessionFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor)
         self.config = config
         self.reactor = reactor
-        # Autobahn batches its timers (open/close handshake timeouts) per 200 ms
-        # bucket and leaves cancelled buckets armed; plain reactor timers are
-        # exact, cancel cleanly and follow the reactor given (a test clock).
-        self._batched_timer = _ReactorTimer(reactor)
+        use_reactor_timers(self, reactor)
         self.sessions: set[SessionProtocol] = set()
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
@@ -329,6 +313,10 @@ class SessionFactory(WebSocketServerFactory):
             closeHandshakeTimeout=1.0,
             autoPingInterval=0,
             webStatus=False,
+            # Protocol errors Autobahn finds itself (an oversize message: 1009,
+            # a bad frame: 1002) close with that code and a reason (B.2), not
+            # by dropping the TCP connection.
+            failByDrop=False,
         )
 
     def websocket_resource(self) -> WebSocketResource:

@@ -9,21 +9,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import txaio
-
-txaio.use_twisted()
-
-from autobahn.twisted.websocket import (  # noqa: E402
+from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
 )
-from twisted.internet import defer, reactor  # noqa: E402
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint  # noqa: E402
-from twisted.internet.protocol import Factory, Protocol  # noqa: E402
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 
-from tcpsocket.config import ServerConfig  # noqa: E402
-from tcpsocket.site import build_site  # noqa: E402
-from tcpsocket.tokens import Token, TokenStore  # noqa: E402
+from tcpsocket.config import ServerConfig
+from tcpsocket.site import build_site
+from tcpsocket.tokens import Token, TokenStore
 
 TOKEN = "secrettoken"
 NO_PERMISSION_TOKEN = "no-permission"

@@ -10,23 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-import txaio
-
-txaio.use_twisted()
-
-from autobahn.twisted.websocket import (  # noqa: E402
+from autobahn.twisted.websocket import (
     WebSocketClientFactory,
     WebSocketClientProtocol,
 )
-from autobahn.websocket.protocol import WebSocketProtocol  # noqa: E402
-from twisted.internet import defer  # noqa: E402
-from twisted.internet.defer import Deferred  # noqa: E402
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS  # noqa: E402
-from twisted.internet.interfaces import IStreamClientEndpoint  # noqa: E402
-from twisted.logger import Logger  # noqa: E402
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger
 
-from tcpsocket.bincode import DecodeError, Reader  # noqa: E402
-from tcpsocket.client.errors import (  # noqa: E402
+from tcpsocket._timers import use_reactor_timers
+from tcpsocket.bincode import DecodeError, Reader
+from tcpsocket.client.errors import (
     GetServiceError,
     PermissionDenied,
     ProtocolError,
@@ -34,7 +31,7 @@ from tcpsocket.client.errors import (  # noqa: E402
     SessionRefused,
     TcpSocketClientError,
 )
-from tcpsocket.messages import (  # noqa: E402
+from tcpsocket.messages import (
     CORE_SERVICE,
     Core,
     GetService,
@@ -342,6 +339,7 @@ class _SessionFactory(WebSocketClientFactory):
         self.reactor = reactor
         self.ready: Deferred[Session] = Deferred()
         self.setProtocolOptions(closeHandshakeTimeout=1.0, autoPingInterval=0)
+        use_reactor_timers(self, reactor)
 
 
 def _endpoint_for(factory: _SessionFactory, reactor: Any) -> IStreamClientEndpoint:
