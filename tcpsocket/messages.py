@@ -212,8 +212,10 @@ class GetService:
     fingerprint: str
 
     def encode(self) -> bytes:
-        return encode_varint(Core.GET_SERVICE) + encode_string(self.name) + encode_string(
-            self.fingerprint
+        return (
+            encode_varint(Core.GET_SERVICE)
+            + encode_string(self.name)
+            + encode_string(self.fingerprint)
         )
 
 

@@ -65,7 +65,15 @@ def describe_failure(failure: Failure) -> str:
         return "connection refused"
     if isinstance(value, error.DNSLookupError):
         return "host name lookup failed"
-    if isinstance(value, (error.TimeoutError, defer.TimeoutError, defer.CancelledError)):
+    # HostnameEndpoint fails a cancelled connect (our connect timeout) with
+    # ConnectingCancelledError, which is not a CancelledError.
+    timeouts = (
+        error.TimeoutError,
+        error.ConnectingCancelledError,
+        defer.TimeoutError,
+        defer.CancelledError,
+    )
+    if isinstance(value, timeouts):
         return "connect timeout"
     if isinstance(value, error.NoRouteError):
         return "host unreachable"
@@ -82,9 +90,6 @@ class SocketOwner:
 
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         """Deliver one event of ``socket`` to the client."""
-
-    def socket_closed(self, socket: RemoteSocket) -> None:
-        """The connection of ``socket`` is gone."""
 
     def socket_finished(self, socket: RemoteSocket) -> None:
         """CLOSE of ``socket`` was delivered: nothing more will come from it."""
@@ -189,7 +194,7 @@ class RemoteSocket(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        if not self._events and Event.DATA in self._enabled:
+        if not self._events and self._data_flows():
             self.owner.send_event(self, encode_data_event(data))
             return
         self._events.append((Event.DATA, data))
@@ -231,7 +236,6 @@ class RemoteSocket(Protocol):
             received=self.bytes_received,
             why=f" ({self._error})" if self._error else "",
         )
-        self.owner.socket_closed(self)
         self._pump()
 
     # -- requests from the client -------------------------------------------
@@ -258,20 +262,19 @@ class RemoteSocket(Protocol):
         return below
 
     def suspend(self) -> None:
-        """Stop reading from the remote; suspends nest."""
-        if self._state is _State.CLOSED:
-            raise SocketError("socket is closed")
+        """Stop reading from the remote and hold DATA; suspends nest.
+
+        This works until CLOSE is delivered, even once the connection is gone.
+        """
         self._suspends += 1
         self._update_reading()
 
     def resume(self) -> None:
         """Undo one :meth:`suspend`."""
-        if self._state is _State.CLOSED:
-            raise SocketError("socket is closed")
         if not self._suspends:
             raise SocketError("socket is not suspended")
         self._suspends -= 1
-        self._update_reading()
+        self._pump()
 
     def close(self) -> None:
         """Write what is queued, then close; idempotent."""
@@ -313,7 +316,7 @@ class RemoteSocket(Protocol):
 
     def congestion_changed(self) -> None:
         """The owner's :attr:`SocketOwner.congested` may have changed."""
-        self._update_reading()
+        self._pump()
 
     # -- internals -----------------------------------------------------------
 
@@ -350,12 +353,18 @@ class RemoteSocket(Protocol):
             self._close_timer.cancel()
         self._close_timer = None
 
+    def _data_flows(self) -> bool:
+        """Whether DATA may go to the client now."""
+        return Event.DATA in self._enabled and not self._suspends and not self.owner.congested
+
     def _pump(self) -> None:
-        """Deliver queued events in order, as far as listeners allow."""
+        """Deliver queued events in order, as far as listeners and flow control allow."""
         events = self._events
         enabled = self._enabled
         while events:
             event, content = events[0]
+            if event is Event.DATA and not self._data_flows():
+                break
             if event not in enabled:
                 if event is Event.ERROR and Event.CLOSE in enabled:
                     # Nobody listens for ERROR; CLOSE must not wait for it.
@@ -377,9 +386,7 @@ class RemoteSocket(Protocol):
         if self._state not in (_State.OPEN, _State.CLOSING) or self.transport is None:
             return
         paused = (
-            self._suspends > 0
-            or self._held > self.config.high_water_mark
-            or self.owner.congested
+            self._suspends > 0 or self._held > self.config.high_water_mark or self.owner.congested
         )
         if paused != self._reading_paused:
             self._reading_paused = paused

@@ -65,8 +65,10 @@ def check_address(host: str, port: int) -> tuple[str, str | None]:
         ascii_name = name.encode("idna").decode("ascii")
     except UnicodeError:
         ascii_name = ""
-    if not ascii_name or len(ascii_name) > 253 or not all(
-        _LABEL.match(label) for label in ascii_name.split(".")
+    if (
+        not ascii_name
+        or len(ascii_name) > 253
+        or not all(_LABEL.match(label) for label in ascii_name.split("."))
     ):
         return host, f"invalid host {host!r}"
     return ascii_name, None
@@ -96,11 +98,11 @@ class TcpSocketManagerService(SocketOwner):
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         self.session.send_event(self.service_id, socket.socket_id, content)
 
-    def socket_closed(self, socket: RemoteSocket) -> None:
-        self.session.sockets_in_use -= 1
-
     def socket_finished(self, socket: RemoteSocket) -> None:
-        self.sockets.pop(socket.socket_id, None)
+        # A socket counts against the session's limit until it is forgotten,
+        # so that what it holds for the client stays bounded too.
+        if self.sockets.pop(socket.socket_id, None) is not None:
+            self.session.sockets_in_use -= 1
 
     @property
     def congested(self) -> bool:
@@ -150,9 +152,7 @@ class TcpSocketManagerService(SocketOwner):
             return
         self._respond(object_id, request_id, content)
 
-    def event_switch(
-        self, object_id: int, event: int, enabled: bool
-    ) -> Callable[[], None] | None:
+    def event_switch(self, object_id: int, event: int, enabled: bool) -> Callable[[], None] | None:
         """EnableEvent/DisableEvent: what does it, or None if there is no such socket or event."""
         socket = self.sockets.get(object_id)
         if socket is None or event not in Event._value2member_map_:
@@ -168,7 +168,11 @@ class TcpSocketManagerService(SocketOwner):
         return True
 
     def stop(self) -> None:
-        """The service or its session is gone: cancel connects, close every socket."""
+        """The service or its session is gone: cancel connects, close every socket.
+
+        A cancelled open is answered with an error (dropped by a session that
+        is ending), so every request still gets its one response.
+        """
         self._stopped = True
         for pending in list(self._connecting):
             pending.cancel()
@@ -179,8 +183,7 @@ class TcpSocketManagerService(SocketOwner):
     # -- internals -----------------------------------------------------------
 
     def _detach(self, socket: RemoteSocket) -> None:
-        if socket.state != "closed":
-            self.session.sockets_in_use -= 1
+        self.session.sockets_in_use -= 1
         socket.detach()
 
     def _respond(self, object_id: int, request_id: int, content: bytes) -> None:

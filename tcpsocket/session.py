@@ -169,8 +169,11 @@ class SessionProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._ending = True
         # Autobahn leaves these armed when the peer drops the connection.
-        for timer in (self._handshake_timer, self.closeHandshakeTimeoutCall,
-                      self.openHandshakeTimeoutCall):
+        for timer in (
+            self._handshake_timer,
+            self.closeHandshakeTimeoutCall,
+            self.openHandshakeTimeoutCall,
+        ):
             if timer is not None and timer.active():
                 timer.cancel()
         self._handshake_timer = self.closeHandshakeTimeoutCall = None
@@ -186,7 +189,8 @@ class SessionProtocol(WebSocketServerProtocol):
                     identity=self.identity,
                     peer=self._peer_name,
                     how=f"code {code}" + (f": {reason}" if reason else "")
-                    if code is not None else "no close code",
+                    if code is not None
+                    else "no close code",
                 )
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
@@ -223,8 +227,11 @@ class SessionProtocol(WebSocketServerProtocol):
         self.identity = token.identity
         self._permissions = frozenset(token.permissions)
         self.sendMessage(encode_ack(True), isBinary=True)
-        log.info("session of {identity} from {peer} started",
-                 identity=self.identity, peer=self._peer_name)
+        log.info(
+            "session of {identity} from {peer} started",
+            identity=self.identity,
+            peer=self._peer_name,
+        )
 
     def _dispatch(self, payload: bytes) -> None:
         message = decode_base(payload)

@@ -70,7 +70,5 @@ class TcpSocketService(MultiService):
             closed.append(session.when_closed())
             session.end(GOING_AWAY, "daemon stopping")
         stopping = defer.maybeDeferred(super().stopService)
-        done: Deferred[None] = defer.gatherResults([stopping, *closed]).addCallback(
-            lambda _: None
-        )
+        done: Deferred[None] = defer.gatherResults([stopping, *closed]).addCallback(lambda _: None)
         return done

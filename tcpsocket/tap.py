@@ -47,25 +47,58 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["tokens-file", None, None,
-         "JSON list of tokens: [{\"token\": \"...\", \"identity\": \"app\", "
-         "\"permissions\": [\"tcp-socket\"], \"single_use\": false}, ...]."],
+        [
+            "tokens-file",
+            None,
+            None,
+            'JSON list of tokens: [{"token": "...", "identity": "app", '
+            '"permissions": ["tcp-socket"], "single_use": false}, ...].',
+        ],
         ["connect-timeout", None, 10.0, "Seconds an open() may take to connect.", _positive_float],
-        ["handshake-timeout", None, 10.0,
-         "Seconds a client has for the WebSocket and session handshakes.", _positive_float],
-        ["close-timeout", None, 30.0,
-         "Seconds a closing socket may take to flush before it is aborted.", _positive_float],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a client has for the WebSocket and session handshakes.",
+            _positive_float,
+        ],
+        [
+            "close-timeout",
+            None,
+            30.0,
+            "Seconds a closing socket may take to flush before it is aborted.",
+            _positive_float,
+        ],
         ["max-sockets-per-session", None, 256, "Open sockets allowed per session.", _positive_int],
         ["max-sessions", None, 1024, "Concurrent sessions allowed.", _positive_int],
-        ["max-message-size", None, 16 * 1024 * 1024 + 64,
-         "Largest WebSocket message accepted, in bytes.", _positive_int],
-        ["high-water-mark", None, 64 * 1024,
-         "Unsent bytes per socket above which send() answers false.", _positive_int],
-        ["max-send-buffer", None, 16 * 1024 * 1024,
-         "Unsent bytes per socket above which send() fails.", _positive_int],
-        ["session-buffer", None, 256 * 1024,
-         "Bytes queued towards a client above which its remotes stop being read.",
-         _positive_int],
+        [
+            "max-message-size",
+            None,
+            16 * 1024 * 1024 + 64,
+            "Largest WebSocket message accepted, in bytes.",
+            _positive_int,
+        ],
+        [
+            "high-water-mark",
+            None,
+            64 * 1024,
+            "Unsent bytes per socket above which send() answers false.",
+            _positive_int,
+        ],
+        [
+            "max-send-buffer",
+            None,
+            16 * 1024 * 1024,
+            "Unsent bytes per socket above which send() fails.",
+            _positive_int,
+        ],
+        [
+            "session-buffer",
+            None,
+            256 * 1024,
+            "Bytes queued towards a client above which its remotes stop being read.",
+            _positive_int,
+        ],
     ]
 
     def __init__(self) -> None:

@@ -123,10 +123,14 @@ class VectorTests(SynchronousTestCase):
         content = GetService("TcpSocketManager", TCPSOCKET_FINGERPRINT).encode()
         self.assertEqual(encode_request(0, 0, 3, content), GET_SERVICE_3)
         message = decode_base(GET_SERVICE_3)
-        self.assertEqual((message.service, message.object, message.kind, message.request),
-                         (0, 0, Kind.REQUEST, 3))
-        self.assertEqual(decode_core_request(message.content),
-                         GetService("TcpSocketManager", TCPSOCKET_FINGERPRINT))
+        self.assertEqual(
+            (message.service, message.object, message.kind, message.request),
+            (0, 0, Kind.REQUEST, 3),
+        )
+        self.assertEqual(
+            decode_core_request(message.content),
+            GetService("TcpSocketManager", TCPSOCKET_FINGERPRINT),
+        )
 
     def test_get_service_replies(self) -> None:
         for result, value, vector in [
@@ -142,20 +146,25 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(decode_core_response(h("00 00 01")).value, 1)
 
     def test_has_service(self) -> None:
-        self.assertEqual(encode_request(0, 0, 17, HasService("TcpSocketManager").encode()),
-                         HAS_SERVICE_17)
-        self.assertEqual(decode_core_request(decode_base(HAS_SERVICE_17).content),
-                         HasService("TcpSocketManager"))
+        self.assertEqual(
+            encode_request(0, 0, 17, HasService("TcpSocketManager").encode()), HAS_SERVICE_17
+        )
+        self.assertEqual(
+            decode_core_request(decode_base(HAS_SERVICE_17).content), HasService("TcpSocketManager")
+        )
 
     def test_open(self) -> None:
         self.assertEqual(encode_request(1, 0, 5, encode_open("127.0.0.1", 7878)), OPEN_5)
         request = decode_socket_request(decode_base(OPEN_5).content)
-        self.assertEqual((request.method, request.host, request.port),
-                         (Method.OPEN, "127.0.0.1", 7878))
-        self.assertEqual(encode_response(1, 0, 5, encode_open_success(1)),
-                         h("01 00 01 05 02 0c 01"))
-        self.assertEqual(encode_response(1, 0, 5, encode_reply(Reply.OPEN_ERROR)),
-                         h("01 00 01 05 01 0d"))
+        self.assertEqual(
+            (request.method, request.host, request.port), (Method.OPEN, "127.0.0.1", 7878)
+        )
+        self.assertEqual(
+            encode_response(1, 0, 5, encode_open_success(1)), h("01 00 01 05 02 0c 01")
+        )
+        self.assertEqual(
+            encode_response(1, 0, 5, encode_reply(Reply.OPEN_ERROR)), h("01 00 01 05 01 0d")
+        )
         self.assertEqual(decode_socket_reply(h("0c 01")), SocketReply(Reply.OPEN_SUCCESS, 1))
 
     def test_enable_event(self) -> None:
@@ -170,13 +179,15 @@ class VectorTests(SynchronousTestCase):
         vector = h("01 01 00 09 07 02 05 48 65 6c 6c 6f")
         self.assertEqual(encode_request(1, 1, 9, encode_send(b"Hello")), vector)
         self.assertEqual(decode_socket_request(decode_base(vector).content).data, b"Hello")
-        self.assertEqual(encode_response(1, 1, 9, encode_send_success(True)),
-                         h("01 01 01 09 02 04 01"))
+        self.assertEqual(
+            encode_response(1, 1, 9, encode_send_success(True)), h("01 01 01 09 02 04 01")
+        )
         self.assertEqual(decode_socket_reply(h("04 01")), SocketReply(Reply.SEND_SUCCESS, True))
 
     def test_events(self) -> None:
-        self.assertEqual(encode_event(1, 1, encode_data_event(b"Hello")),
-                         h("01 01 02 07 09 05 48 65 6c 6c 6f"))
+        self.assertEqual(
+            encode_event(1, 1, encode_data_event(b"Hello")), h("01 01 02 07 09 05 48 65 6c 6c 6f")
+        )
         self.assertEqual(encode_event(1, 1, encode_reply(Reply.CLOSE_EVENT)), h("01 01 02 01 08"))
         self.assertEqual(encode_event(1, 1, encode_error_event("x")), h("01 01 02 03 0b 01 78"))
         message = decode_base(h("01 01 02 07 09 05 48 65 6c 6c 6f"))
@@ -186,18 +197,23 @@ class VectorTests(SynchronousTestCase):
     def test_close(self) -> None:
         close = encode_method(Method.CLOSE)
         self.assertEqual(encode_request(1, 1, 11, close), h("01 01 00 0b 01 00"))
-        self.assertEqual(encode_response(1, 1, 11, encode_reply(Reply.CLOSE_SUCCESS)),
-                         h("01 01 01 0b 01 00"))
+        self.assertEqual(
+            encode_response(1, 1, 11, encode_reply(Reply.CLOSE_SUCCESS)), h("01 01 01 0b 01 00")
+        )
 
     def test_release_and_disable(self) -> None:
         release = h("00 00 00 0d 03 02 01 01")
         disable = h("00 00 00 0f 04 04 01 01 01")
-        self.assertEqual(decode_core_request(decode_base(release).content),
-                         ObjectRef(Core.RELEASE_OBJECT, 1, 1))
-        self.assertEqual(decode_core_request(decode_base(disable).content),
-                         ObjectRef(Core.DISABLE_EVENT, 1, 1, Event.DATA))
-        self.assertEqual(encode_request(0, 0, 13, ObjectRef(Core.RELEASE_OBJECT, 1, 1).encode()),
-                         release)
+        self.assertEqual(
+            decode_core_request(decode_base(release).content), ObjectRef(Core.RELEASE_OBJECT, 1, 1)
+        )
+        self.assertEqual(
+            decode_core_request(decode_base(disable).content),
+            ObjectRef(Core.DISABLE_EVENT, 1, 1, Event.DATA),
+        )
+        self.assertEqual(
+            encode_request(0, 0, 13, ObjectRef(Core.RELEASE_OBJECT, 1, 1).encode()), release
+        )
 
     def test_error_detail_extension(self) -> None:
         content = encode_reply(Reply.OPEN_ERROR, "connection refused")
@@ -224,5 +240,7 @@ class MalformedTests(SynchronousTestCase):
 
     def test_permission_error(self) -> None:
         message = decode_base(h("01 00 03 05 0a") + b"tcp-socket" + h("02") + b"no" + h("02 01 00"))
-        self.assertEqual((message.kind, message.permission, message.message),
-                         (Kind.PERMISSION_ERROR, "tcp-socket", "no"))
+        self.assertEqual(
+            (message.kind, message.permission, message.message),
+            (Kind.PERMISSION_ERROR, "tcp-socket", "no"),
+        )

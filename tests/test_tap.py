@@ -55,10 +55,14 @@ class OptionsTests(SynchronousTestCase):
 
     def test_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
-        path.write_text(json.dumps([
-            {"token": "once", "identity": "app.example", "single_use": True},
-            {"token": "none", "identity": "viewer", "permissions": []},
-        ]))
+        path.write_text(
+            json.dumps(
+                [
+                    {"token": "once", "identity": "app.example", "single_use": True},
+                    {"token": "none", "identity": "viewer", "permissions": []},
+                ]
+            )
+        )
         config = parse("--tokens-file", str(path))["config"]
         once = config.tokens.authenticate("once")
         self.assertEqual(once.identity, "app.example")
@@ -67,8 +71,13 @@ class OptionsTests(SynchronousTestCase):
 
     def test_bad_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
-        for content in ("{", '{"token": "x"}', '[{"token": ""}]', '[{"token": "x", "extra": 1}]',
-                        '[{"token": "x", "permissions": "tcp-socket"}]'):
+        for content in (
+            "{",
+            '{"token": "x"}',
+            '[{"token": ""}]',
+            '[{"token": "x", "extra": 1}]',
+            '[{"token": "x", "permissions": "tcp-socket"}]',
+        ):
             path.write_text(content)
             self.assertRaises(usage.UsageError, parse, "--tokens-file", str(path))
         self.assertRaises(usage.UsageError, parse, "--tokens-file", str(path) + ".missing")
@@ -79,38 +88,84 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["listen"], [DEFAULT_LISTEN])
         self.assertEqual(DEFAULT_LISTEN, "tcp:8081:interface=127.0.0.1")
         self.assertEqual(
-            (config.connect_timeout, config.handshake_timeout, config.high_water_mark,
-             config.max_send_buffer, config.max_sockets_per_session, config.max_sessions),
+            (
+                config.connect_timeout,
+                config.handshake_timeout,
+                config.high_water_mark,
+                config.max_send_buffer,
+                config.max_sockets_per_session,
+                config.max_sessions,
+            ),
             (10.0, 10.0, 65536, 16 * 1024 * 1024, 256, 1024),
         )
 
     def test_limits_and_listen(self) -> None:
         options = parse(
-            "--token", "t", "--listen", "tcp:0", "--listen", "unix:/tmp/x.sock",
-            "--connect-timeout", "2.5", "--handshake-timeout", "3", "--close-timeout", "4",
-            "--max-sockets-per-session", "7", "--max-sessions", "9",
-            "--max-message-size", "1000", "--high-water-mark", "100",
-            "--max-send-buffer", "200", "--session-buffer", "300",
+            "--token",
+            "t",
+            "--listen",
+            "tcp:0",
+            "--listen",
+            "unix:/tmp/x.sock",
+            "--connect-timeout",
+            "2.5",
+            "--handshake-timeout",
+            "3",
+            "--close-timeout",
+            "4",
+            "--max-sockets-per-session",
+            "7",
+            "--max-sessions",
+            "9",
+            "--max-message-size",
+            "1000",
+            "--high-water-mark",
+            "100",
+            "--max-send-buffer",
+            "200",
+            "--session-buffer",
+            "300",
         )
         config = options["config"]
         self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/x.sock"])
         self.assertEqual(
-            (config.connect_timeout, config.handshake_timeout, config.close_timeout,
-             config.max_sockets_per_session, config.max_sessions, config.max_message_size,
-             config.high_water_mark, config.max_send_buffer, config.session_buffer),
+            (
+                config.connect_timeout,
+                config.handshake_timeout,
+                config.close_timeout,
+                config.max_sockets_per_session,
+                config.max_sessions,
+                config.max_message_size,
+                config.high_water_mark,
+                config.max_send_buffer,
+                config.session_buffer,
+            ),
             (2.5, 3.0, 4.0, 7, 9, 1000, 100, 200, 300),
         )
 
     def test_bad_values(self) -> None:
-        for args in (("--connect-timeout", "0"), ("--max-sessions", "-1"),
-                     ("--high-water-mark", "x"),
-                     ("--high-water-mark", "10", "--max-send-buffer", "5"),
-                     ("--allow", "nocolon"), ("--allow", "host:0"), ("--allow", "host:9-x")):
+        for args in (
+            ("--connect-timeout", "0"),
+            ("--max-sessions", "-1"),
+            ("--high-water-mark", "x"),
+            ("--high-water-mark", "10", "--max-send-buffer", "5"),
+            ("--allow", "nocolon"),
+            ("--allow", "host:0"),
+            ("--allow", "host:9-x"),
+        ):
             self.assertRaises(usage.UsageError, parse, "--token", "t", *args)
 
     def test_allow_rules(self) -> None:
-        policy = parse("--token", "t", "--allow", "*.example.org:993,143",
-                       "--allow", "10.0.0.0/8:*", "--allow", "[::1]:6660-6669")["config"].policy
+        policy = parse(
+            "--token",
+            "t",
+            "--allow",
+            "*.example.org:993,143",
+            "--allow",
+            "10.0.0.0/8:*",
+            "--allow",
+            "[::1]:6660-6669",
+        )["config"].policy
         self.assertIsInstance(policy, AllowList)
         self.assertIsNone(policy.check("", "imap.example.org", 993))
         self.assertIsNotNone(policy.check("", "imap.example.org", 25))
@@ -146,10 +201,22 @@ class TwistdTests(TestCase):
         )
         self.assertEqual(code, 0, err)
         text = out.decode()
-        for option in ("--listen", "--token", "--tokens-file", "--connect-timeout",
-                       "--handshake-timeout", "--close-timeout", "--max-sockets-per-session",
-                       "--max-sessions", "--max-message-size", "--high-water-mark",
-                       "--max-send-buffer", "--session-buffer", "--allow", "WS_RUNTIME_TOKEN"):
+        for option in (
+            "--listen",
+            "--token",
+            "--tokens-file",
+            "--connect-timeout",
+            "--handshake-timeout",
+            "--close-timeout",
+            "--max-sockets-per-session",
+            "--max-sessions",
+            "--max-message-size",
+            "--high-water-mark",
+            "--max-send-buffer",
+            "--session-buffer",
+            "--allow",
+            "WS_RUNTIME_TOKEN",
+        ):
             self.assertIn(option, text)
 
     async def test_refuses_to_start_without_token(self) -> None:
@@ -165,9 +232,11 @@ class TwistdTests(TestCase):
         collect = _Collect()
         env = dict(os.environ, WS_RUNTIME_TOKEN="from-environment")
         process = reactor.spawnProcess(  # type: ignore[attr-defined]
-            collect, TWISTD[0],
+            collect,
+            TWISTD[0],
             [*TWISTD, "-n", "--pidfile=", "tcpsocket", "--listen", f"unix:{path}"],
-            env=env, path=str(ROOT),
+            env=env,
+            path=str(ROOT),
         )
 
         async def stop() -> None:

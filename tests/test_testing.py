@@ -323,9 +323,7 @@ class FlowControlTests(SynchronousTestCase):
         daemon.advance(config.close_timeout - 1)
         self.assertEqual(events.names, [])
         daemon.advance(1)
-        self.assertEqual(
-            events.events, [("error", "close timed out after 30 s"), ("close", None)]
-        )
+        self.assertEqual(events.events, [("error", "close timed out after 30 s"), ("close", None)])
 
 
 class EndpointTests(MemoryTestCase):
@@ -395,9 +393,7 @@ class TimeoutTests(MemoryTestCase):
         self.assertNoResult(d)
         self.daemon.advance(self.daemon.config.connect_timeout)
         failure = self.failureResultOf(d, TcpSocketError)
-        self.assertEqual(
-            failure.value.reason, "connect timeout (firewalled.example port 22)"
-        )
+        self.assertEqual(failure.value.reason, "connect timeout (firewalled.example port 22)")
 
     def test_client_timeouts_use_the_clock(self) -> None:
         session = self.run_until_quiet(self.daemon.session(TOKEN))

@@ -53,8 +53,10 @@ class OriginSessionTests(TestCase):
         self.addCleanup(port.stopListening)
         number = port.getHost().port
         client = await raw_client_on(
-            self, TCP4ClientEndpoint(reactor, "127.0.0.1", number),
-            f"ws://127.0.0.1:{number}/ws", origin=origin,
+            self,
+            TCP4ClientEndpoint(reactor, "127.0.0.1", number),
+            f"ws://127.0.0.1:{number}/ws",
+            origin=origin,
         )
         client.send(encode_handshake("web"))
         ack = await client.next()
