@@ -27,7 +27,7 @@ setup(
             "mypy-zope",
             "ruff",
         ],
-        "bench": ["websockify", "websockets", "psutil"],
+        "bench": ["websockify", "websockets"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -116,9 +116,7 @@ class TreeMemory:
 def tree_memory(pid: int) -> TreeMemory:
     """RSS and PSS summed over ``pid`` and its descendants."""
     pids = [pid, *descendants(pid)]
-    return TreeMemory(
-        len(pids), sum(rss_kib(p) for p in pids), sum(pss_kib(p) for p in pids)
-    )
+    return TreeMemory(len(pids), sum(rss_kib(p) for p in pids), sum(pss_kib(p) for p in pids))
 
 
 def mem_available_kib() -> int:
@@ -134,3 +132,11 @@ def self_cpu_seconds() -> float:
     """CPU of this process (all threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes of the machine have used (user, system, irq, steal)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / TICK

@@ -12,6 +12,7 @@ from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tcpsocket.config import ServerConfig
@@ -28,6 +29,8 @@ from tcpsocket.messages import (
 from tcpsocket.remote import RemoteSocket, SocketError, SocketOwner, describe_failure
 
 __all__ = ["SessionLink", "TcpSocketManagerService", "check_address"]
+
+log = Logger()
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
@@ -224,6 +227,13 @@ class TcpSocketManagerService(SocketOwner):
                 fail(f"the service was released ({host} port {port})")
                 return
             self.sockets[socket.socket_id] = socket
+            log.info(
+                "socket {id} of {identity} opened to {host} port {port}",
+                id=socket.socket_id,
+                identity=session.identity,
+                host=host,
+                port=port,
+            )
             self._respond(0, request_id, encode_open_success(socket.socket_id))
 
         def failed(reason: Failure) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of the tcpsocket daemon against direct TCP and websockify (``python -m bench``)."""

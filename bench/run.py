@@ -1,0 +1,538 @@
+"""Benchmark tcpsocket against direct TCP and websockify, in one invocation.
+
+    python -m bench                 # full run (~10 minutes)
+    python -m bench --quick         # smoke run (~1 minute)
+    python -m bench --json out.json # also write every number as JSON
+
+See doc/performance.md for what is measured and the latest results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import procstat, workloads
+from bench.client import SEND_WINDOW, WRITE_HIGH
+from bench.targets import (
+    DaemonTarget,
+    DirectTarget,
+    Processes,
+    ServerTarget,
+    Target,
+    WebsockifyTarget,
+)
+
+MiB = 1 << 20
+
+PLANS: dict[str, dict[str, Any]] = {
+    "full": {
+        "bulk_bytes": 256 * MiB,
+        "repeats": 7,
+        "echo_seconds": 20.0,
+        "echo_rounds": 5,
+        "many": [1000, 10000],
+        "sessions": 100,
+        "many_echo_seconds": 3.0,
+        "open_budget": 120.0,
+    },
+    "quick": {
+        "bulk_bytes": 64 * MiB,
+        "repeats": 2,
+        "echo_seconds": 2.0,
+        "echo_rounds": 2,
+        "many": [100],
+        "sessions": 10,
+        "many_echo_seconds": 1.0,
+        "open_budget": 20.0,
+    },
+}
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("twisted", "autobahn", "websockify", "websockets", "numpy", "txaio"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        from autobahn.websocket import USES_NVX
+    except ImportError:  # pragma: no cover
+        USES_NVX = None
+    soft, hard = procstat.raise_nofile_limit()
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "autobahn_uses_nvx": USES_NVX,
+        "mem_total_gib": round(int(Path("/proc/meminfo").read_text().split()[1]) / (1 << 20), 1),
+        "nofile_limit": [soft, hard],
+    }
+
+
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key`` (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs"] = [r[key] for r in runs]
+    if len(runs) > 1:
+        chosen[f"{key}_median"] = statistics.median(r[key] for r in runs)
+    return chosen
+
+
+async def profile_daemon(
+    target: DaemonTarget, remote_pid: int, size: int, outdir: Path
+) -> dict[str, Any]:
+    """Run download, upload and echo again with py-spy attached to the daemon."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    found: dict[str, Any] = {}
+
+    async def echo(target: Target, remote_pid: int, size: int) -> dict[str, Any]:
+        return await workloads.echo(target, remote_pid, 5.0)
+
+    for name, work in (
+        ("download", workloads.bulk_download),
+        ("upload", workloads.bulk_upload),
+        ("echo", echo),
+    ):
+        raw = outdir / f"{name}.txt"
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(target.pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.sleep(1.0)
+            result = await work(target, remote_pid, size)
+        finally:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
+        summary = summarize_profile(raw) if raw.exists() else {}
+        (outdir / f"{name}-summary.json").write_text(json.dumps(summary, indent=1))
+        speed = {k: result[k] for k in ("MBps", "rt_per_s", "p50_us") if k in result}
+        found[name] = {"under_profiler": speed, **summary}
+    return found
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.rsplit(":", 1)[0] + ")" if ":" in f else f for f in stack.split(";")]
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return {}
+    return {
+        "samples": total,
+        "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(top)],
+        "inclusive": [(f, round(100 * c / total, 1)) for f, c in inclusive.most_common(top)],
+    }
+
+
+async def run_all(
+    targets: list[Target],
+    remote_pid: int,
+    plan: dict[str, Any],
+    args: argparse.Namespace,
+    log: Any,
+) -> dict[str, Any]:
+    results: dict[str, dict[str, Any]] = {t.name: {} for t in targets}
+    size = plan["bulk_bytes"]
+    if not args.skip_bulk:
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            t.name: {"download": [], "upload": []} for t in targets
+        }
+        for repeat in range(plan["repeats"]):
+            for kind, work in (
+                ("download", workloads.bulk_download),
+                ("upload", workloads.bulk_upload),
+            ):
+                for target in targets:
+                    result = await work(target, remote_pid, size)
+                    runs[target.name][kind].append(result)
+                    log(
+                        f"  {kind:8} {target.name:10} run {repeat + 1}: {result['MBps']:8.1f} MB/s"
+                        f"  server {result['server_cpu_s_per_GiB']:.2f} CPU s/GiB"
+                        f"  client CPU {100 * result['client_cpu_util']:.0f}%"
+                        f"  others {100 * result['other_cpu_util']:.0f}%"
+                    )
+        for target in targets:
+            for kind in ("download", "upload"):
+                results[target.name][kind] = _median_run(runs[target.name][kind], "MBps")
+    if not args.skip_echo:
+        runs_echo = [workloads.EchoRun(target, remote_pid) for target in targets]
+        try:
+            for run in runs_echo:
+                await run.open()
+            rounds = plan["echo_rounds"]
+            for _ in range(rounds):
+                for run in runs_echo:
+                    await run.run(plan["echo_seconds"] / rounds)
+        finally:
+            for run in runs_echo:
+                await run.close()
+        for target, run in zip(targets, runs_echo, strict=True):
+            result = run.result()
+            results[target.name]["echo"] = result
+            log(
+                f"  echo     {target.name:10} {result['rt_per_s']:8.0f} rt/s"
+                f"  p50 {result['p50_us']:.0f} us  p99 {result['p99_us']:.0f} us"
+                f"  server {result['server_cpu_us_per_rt']:.0f} CPU us/rt"
+            )
+    if args.profile:
+        for target in targets:
+            if isinstance(target, DaemonTarget):
+                log("  profiling the daemon with py-spy ...")
+                results[target.name]["profile"] = await profile_daemon(
+                    target, remote_pid, size, Path(args.profile)
+                )
+    if not args.skip_many:
+        for count in plan["many"]:
+            for target in targets:
+                if isinstance(target, ServerTarget):
+                    target.start()  # a fresh process: a clean RSS baseline
+                warm = await target.open()
+                await target.release(warm)
+                await asyncio.sleep(0.3)
+                result = await workloads.many_sockets(
+                    target,
+                    remote_pid,
+                    count,
+                    min(plan["sessions"], count),
+                    plan["many_echo_seconds"],
+                    plan["open_budget"],
+                )
+                results[target.name][f"many_{count}"] = result
+                per = result.get("rss_kib_per_socket_idle")
+                log(
+                    f"  many {count:6} {target.name:10} opened {result.get('opened', 0)}"
+                    f" in {result.get('open_seconds', 0):.1f} s"
+                    + (f", {per:.1f} KiB RSS/socket" if per is not None else "")
+                    + f", echo {result.get('echo_rt_per_s', 0):.0f} rt/s"
+                    + (f" [{result['stopped_opening']}]" if result.get("stopped_opening") else "")
+                )
+                if isinstance(target, ServerTarget):
+                    target.stop()
+        for target in targets:
+            if isinstance(target, ServerTarget) and target.proc is None:
+                target.start()
+    return results
+
+
+# -- the table -----------------------------------------------------------------
+
+
+def _get(results: dict[str, Any], name: str, path: str) -> float | None:
+    node: Any = results.get(name, {})
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, (int, float)) else None
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or value != value:
+        return "-"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b or a != a or b != b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def table(results: dict[str, Any], plan: dict[str, Any]) -> str:
+    size = plan["bulk_bytes"] // MiB
+    rows: list[tuple[str, str, int, str]] = [
+        (f"bulk download {size} MiB, MB/s", "download.MBps", 0, "higher"),
+        (f"bulk upload {size} MiB, MB/s", "upload.MBps", 0, "higher"),
+        ("echo 64 B, round trips/s", "echo.rt_per_s", 0, "higher"),
+        ("echo 64 B, p50 latency, us", "echo.p50_us", 0, "lower"),
+        ("echo 64 B, p90 latency, us", "echo.p90_us", 0, "lower"),
+        ("echo 64 B, p99 latency, us", "echo.p99_us", 0, "lower"),
+        ("server CPU s per GiB, download", "download.server_cpu_s_per_GiB", 2, "lower"),
+        ("server CPU s per GiB, upload", "upload.server_cpu_s_per_GiB", 2, "lower"),
+        ("server CPU us per echo round trip", "echo.server_cpu_us_per_rt", 0, "lower"),
+        ("client CPU % during download", "download.client_cpu_util", -1, "info"),
+        ("client CPU % during upload", "upload.client_cpu_util", -1, "info"),
+        ("client CPU % during echo", "echo.client_cpu_util", -1, "info"),
+        ("other processes' CPU % during download", "download.other_cpu_util", -1, "info"),
+        ("other processes' CPU % during upload", "upload.other_cpu_util", -1, "info"),
+        ("other processes' CPU % during echo", "echo.other_cpu_util", -1, "info"),
+    ]
+    for count in plan["many"]:
+        key = f"many_{count}"
+        rows += [
+            (f"{count} sockets: opened and working", f"{key}.opened", 0, "info"),
+            (
+                f"{count} sockets: still working after the echo phase",
+                f"{key}.sockets_that_echoed",
+                0,
+                "info",
+            ),
+            (f"{count} sockets: time to open them, s", f"{key}.open_seconds", 2, "lower"),
+            (f"{count} sockets: opens per second", f"{key}.opens_per_s", 0, "higher"),
+            (
+                f"{count} sockets: server RSS KiB/socket idle",
+                f"{key}.rss_kib_per_socket_idle",
+                1,
+                "lower",
+            ),
+            (
+                f"{count} sockets: server PSS KiB/socket idle",
+                f"{key}.pss_kib_per_socket_idle",
+                1,
+                "lower",
+            ),
+            (
+                f"{count} sockets: server RSS KiB/socket after echo",
+                f"{key}.rss_kib_per_socket_after_echo",
+                1,
+                "lower",
+            ),
+            (f"{count} sockets: aggregate echo round trips/s", f"{key}.echo_rt_per_s", 0, "higher"),
+            (
+                f"{count} sockets: server CPU us per echo round trip",
+                f"{key}.echo_server_cpu_us_per_rt",
+                0,
+                "lower",
+            ),
+            (f"{count} sockets: server processes", f"{key}.server_processes", 0, "info"),
+        ]
+    names = [n for n in ("direct", "websockify", "tcpsocket") if n in results]
+    head = ["metric", *names]
+    if "tcpsocket" in results:
+        if "websockify" in results:
+            head.append("tcpsocket / websockify")
+        if "direct" in results:
+            head.append("tcpsocket / direct")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, path, digits, better in rows:
+        values = {n: _get(results, n, path) for n in names}
+        if all(v is None for v in values.values()):
+            continue
+        if digits == -1:
+            cells = [_fmt(None if v is None else 100 * v, 0) for v in values.values()]
+        else:
+            cells = [_fmt(v, digits) for v in values.values()]
+        if better in ("higher", "lower"):
+            label += f" ({better} is better)"
+        row = [label, *cells]
+        if "tcpsocket" in results:
+            mine = values.get("tcpsocket")
+            if "websockify" in results:
+                row.append(_ratio(mine, values.get("websockify")) if better != "info" else "")
+            if "direct" in results:
+                row.append(_ratio(mine, values.get("direct")) if better != "info" else "")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run (~1 minute)")
+    parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    parser.add_argument(
+        "--targets",
+        default="direct,websockify,tcpsocket",
+        help="comma-separated subset of direct,websockify,tcpsocket",
+    )
+    parser.add_argument(
+        "--daemon",
+        choices=("auto", "twistd", "launcher"),
+        default="auto",
+        help="how to start tcpsocket: twistd plugin if registered (auto), or bench.launch_daemon",
+    )
+    parser.add_argument(
+        "--daemon-set",
+        action="append",
+        default=[],
+        metavar="FIELD=INT",
+        help="ServerConfig override, e.g. high_water_mark=1048576 or "
+        "session_buffer=4194304 (repeatable)",
+    )
+    parser.add_argument(
+        "--daemon-source",
+        metavar="DIR",
+        help="run the daemon from another tree holding a tcpsocket package "
+        "(put first on its PYTHONPATH), to A/B a change",
+    )
+    parser.add_argument(
+        "--daemon-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for the daemon only, e.g. MALLOC_TRIM_THRESHOLD_=67108864 (repeatable)",
+    )
+    parser.add_argument("--bulk-mib", type=int, help="bulk transfer size in MiB")
+    parser.add_argument("--repeats", type=int, help="bulk repetitions (median reported)")
+    parser.add_argument(
+        "--sockets",
+        help="comma-separated socket counts for the many-sockets workload, e.g. 1000,10000",
+    )
+    parser.add_argument("--skip-bulk", action="store_true")
+    parser.add_argument("--skip-echo", action="store_true")
+    parser.add_argument("--skip-many", action="store_true")
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the servers' logs (kept anyway when the run fails)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also run the bulk workloads with py-spy on the daemon; "
+        "raw stacks and summaries go to DIR",
+    )
+    args = parser.parse_args(argv)
+
+    plan = dict(PLANS["quick" if args.quick else "full"])
+    if args.bulk_mib:
+        plan["bulk_bytes"] = args.bulk_mib * MiB
+    if args.repeats:
+        plan["repeats"] = args.repeats
+    if args.sockets:
+        plan["many"] = [int(x) for x in args.sockets.split(",") if x]
+    settings: dict[str, int] = {"max_sockets_per_session": 200}
+    for item in args.daemon_set:
+        name, _, value = item.partition("=")
+        settings[name.replace("-", "_")] = int(value)
+    wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+    daemon_env = dict(item.partition("=")[::2] for item in args.daemon_env)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    info = machine_info()
+    logdir = Path(tempfile.mkdtemp(prefix="tcpsocket-bench-"))
+    processes = Processes(logdir)
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    targets: list[Target] = []
+    try:
+        remote = processes.start(
+            "remote", [sys.executable, "-m", "bench.remote"], stdout=subprocess.PIPE
+        )
+        assert remote.stdout is not None
+        line = remote.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the remote server did not start; see {logdir}/remote.log")
+        remote_info = json.loads(line)
+        remote_port, remote_pid = remote_info["port"], remote_info["pid"]
+        for name in wanted:
+            if name == "direct":
+                targets.append(DirectTarget(remote_port))
+            elif name == "websockify":
+                targets.append(WebsockifyTarget(remote_port, processes))
+            elif name == "tcpsocket":
+                mode = "launcher" if args.daemon == "launcher" else args.daemon
+                targets.append(
+                    DaemonTarget(
+                        remote_port, processes, settings, mode, args.daemon_source, daemon_env
+                    )
+                )
+            else:
+                parser.error(f"unknown target {name!r}")
+        for target in targets:
+            if isinstance(target, ServerTarget):
+                target.start()
+                log(f"{target.name}: {' '.join(target.command)}  [{target.how}]")
+        log(f"remote servers on 127.0.0.1:{remote_port}; logs in {logdir}")
+        results = asyncio.run(run_all(targets, remote_pid, plan, args, log))
+    except BaseException:
+        log(f"failed; the processes' logs are in {logdir}")
+        raise
+    finally:
+        processes.stop_all()
+    if not args.keep_logs:
+        shutil.rmtree(logdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+
+    text = table(results, plan)
+    print(text)
+    print(f"\n({elapsed:.0f} s, {'quick' if args.quick else 'full'} run; MB = 10^6 bytes)")
+    if args.json:
+        daemon = next((t for t in targets if isinstance(t, DaemonTarget)), None)
+        document = {
+            "plan": plan,
+            "machine": info,
+            "daemon": {
+                "command": getattr(daemon, "command", None),
+                "started_with": getattr(daemon, "how", None),
+                "settings": settings,
+                "source": args.daemon_source,
+                "env": daemon_env,
+            },
+            "client": {
+                "write_buffer_high": WRITE_HIGH,
+                "send_window": SEND_WINDOW,
+                "upload_chunk": workloads.CHUNK,
+            },
+            "seconds": elapsed,
+            "results": results,
+            "table": text,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
