@@ -9,9 +9,10 @@ target width.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Final, TypeAlias
 
 __all__ = [
+    "Buffer",
     "DecodeError",
     "Reader",
     "encode_binary",
@@ -26,6 +27,10 @@ _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
 _SMALL: Final = tuple(bytes((n,)) for n in range(251))
 _MAX_U64: Final = (1 << 64) - 1
+
+
+#: What decoders read from: a message, or a view into one.
+Buffer: TypeAlias = bytes | memoryview
 
 
 class DecodeError(ValueError):
@@ -72,8 +77,8 @@ class Reader:
 
     __slots__ = ("_data", "_pos")
 
-    def __init__(self, data: bytes) -> None:
-        self._data = data
+    def __init__(self, data: Buffer) -> None:
+        self._data = memoryview(data)
         self._pos = 0
 
     @property
@@ -81,7 +86,7 @@ class Reader:
         """How many bytes are left to read."""
         return len(self._data) - self._pos
 
-    def _take(self, count: int) -> bytes:
+    def _take(self, count: int) -> memoryview:
         end = self._pos + count
         if end > len(self._data):
             raise DecodeError(f"truncated: needed {count} bytes at offset {self._pos}")
@@ -131,13 +136,17 @@ class Reader:
 
     def binary(self) -> bytes:
         """Read length-prefixed bytes."""
+        return bytes(self._take(self.varint(64)))
+
+    def view(self) -> memoryview:
+        """Read length-prefixed bytes without copying them."""
         return self._take(self.varint(64))
 
     def string(self) -> str:
         """Read a length-prefixed UTF-8 string."""
-        raw = self.binary()
+        raw = self.view()
         try:
-            return raw.decode("utf-8")
+            return str(raw, "utf-8")
         except UnicodeDecodeError as e:
             raise DecodeError(f"invalid UTF-8 in string: {e.reason}") from None
 

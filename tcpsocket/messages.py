@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tcpsocket.bincode import (
+    Buffer,
     DecodeError,
     Reader,
     encode_binary,
@@ -111,6 +112,9 @@ EVENT_OF_REPLY: Final[dict[Reply, Event]] = {
 }
 
 
+_EVENT_TAG: Final = encode_varint(Kind.EVENT)
+
+
 # -- handshake ---------------------------------------------------------------
 
 
@@ -140,14 +144,15 @@ class BaseMessage:
     """The envelope of every message after the handshake.
 
     ``request`` is the request id for REQUEST, RESPONSE and PERMISSION_ERROR
-    and ``None`` for EVENT.
+    and ``None`` for EVENT.  ``content`` is a view into the decoded message,
+    not a copy; the decoders below take it as it is.
     """
 
     service: int
     object: int
     kind: Kind
     request: int | None
-    content: bytes
+    content: Buffer
     permission: str = ""
     message: str = ""
 
@@ -195,7 +200,7 @@ def decode_base(data: bytes, *, strict: bool = True) -> BaseMessage:
     if kind is Kind.PERMISSION_ERROR:
         permission = reader.string()
         message = reader.string()
-    content = reader.binary()
+    content = reader.view()
     if strict:
         reader.finish()
     return BaseMessage(service, object_id, kind, request, content, permission, message)
@@ -248,7 +253,7 @@ class ObjectRef:
 CoreRequest = GetService | HasService | ObjectRef
 
 
-def decode_core_request(content: bytes) -> CoreRequest:
+def decode_core_request(content: Buffer) -> CoreRequest:
     """Decode the content of a Request to the core service, exactly."""
     reader = Reader(content)
     tag = reader.u32()
@@ -293,7 +298,7 @@ class CoreResponse:
     value: int | str | bool | None
 
 
-def decode_core_response(content: bytes) -> CoreResponse:
+def decode_core_response(content: Buffer) -> CoreResponse:
     """Decode the content of a Response from the core service."""
     reader = Reader(content)
     tag = reader.u32()
@@ -327,7 +332,7 @@ class SocketRequest:
     port: int = 0
 
 
-def decode_socket_request(content: bytes) -> SocketRequest:
+def decode_socket_request(content: Buffer) -> SocketRequest:
     """Decode the content of a Request to a TcpSocketManager, exactly."""
     reader = Reader(content)
     tag = reader.u32()
@@ -383,6 +388,18 @@ def encode_data_event(data: bytes) -> bytes:
     return encode_varint(Reply.DATA_EVENT) + encode_binary(data)
 
 
+def data_event_head(service: int, object_id: int, length: int) -> bytes:
+    """The bytes of a DATA event message that come before its ``length`` bytes of data."""
+    data_head = encode_varint(Reply.DATA_EVENT) + encode_varint(length)
+    return (
+        encode_varint(service)
+        + encode_varint(object_id)
+        + _EVENT_TAG
+        + encode_varint(len(data_head) + length)
+        + data_head
+    )
+
+
 def encode_drain_event(drained: bool) -> bytes:
     """DRAIN event content."""
     return encode_varint(Reply.DRAIN_EVENT) + encode_bool(drained)
@@ -409,7 +426,7 @@ class SocketReply:
 _ERRORS: Final = frozenset(error for _, error in REPLIES.values())
 
 
-def decode_socket_reply(content: bytes) -> SocketReply:
+def decode_socket_reply(content: Buffer) -> SocketReply:
     """Decode a TcpSocketManager response or event, ignoring trailing extensions."""
     reader = Reader(content)
     tag = reader.u32()

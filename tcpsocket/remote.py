@@ -21,7 +21,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -90,6 +95,10 @@ class SocketOwner:
 
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         """Deliver one event of ``socket`` to the client."""
+
+    def send_data(self, socket: RemoteSocket, data: bytes) -> None:
+        """Deliver a DATA event of ``socket`` (owners may avoid copying ``data``)."""
+        self.send_event(socket, encode_data_event(data))
 
     def socket_finished(self, socket: RemoteSocket) -> None:
         """CLOSE of ``socket`` was delivered: nothing more will come from it."""
@@ -190,12 +199,15 @@ class RemoteSocket(Protocol):
         # and how much it reads at once.
         transport.bufferSize = self.config.high_water_mark
         transport.registerProducer(_TransportFlow(self), True)
+        if ITCPTransport.providedBy(transport):
+            # Interactive protocols (SSH, IRC) must not wait for Nagle.
+            transport.setTcpNoDelay(True)
         self._update_reading()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
         if not self._events and self._data_flows():
-            self.owner.send_event(self, encode_data_event(data))
+            self.owner.send_data(self, data)
             return
         self._events.append((Event.DATA, data))
         self._held += len(data)
@@ -374,8 +386,9 @@ class RemoteSocket(Protocol):
             events.popleft()
             if event is Event.DATA:
                 self._held -= len(content)
-                content = encode_data_event(content)
-            elif event is Event.CLOSE:
+                self.owner.send_data(self, content)
+                continue
+            if event is Event.CLOSE:
                 self._close_delivered = True
             self.owner.send_event(self, content)
             if event is Event.CLOSE:

@@ -54,6 +54,8 @@ class SessionLink(TypingProtocol):
 
     def send_event(self, service: int, object_id: int, content: bytes) -> None: ...
 
+    def send_data_event(self, service: int, object_id: int, data: bytes) -> None: ...
+
 
 def check_address(host: str, port: int) -> tuple[str, str | None]:
     """Normalise ``host`` and return it with the reason it is invalid, if it is."""
@@ -100,6 +102,9 @@ class TcpSocketManagerService(SocketOwner):
 
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         self.session.send_event(self.service_id, socket.socket_id, content)
+
+    def send_data(self, socket: RemoteSocket, data: bytes) -> None:
+        self.session.send_data_event(self.service_id, socket.socket_id, data)
 
     def socket_finished(self, socket: RemoteSocket) -> None:
         # A socket counts against the session's limit until it is forgotten,

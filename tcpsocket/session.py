@@ -7,6 +7,7 @@ is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -36,6 +37,7 @@ from tcpsocket.messages import (
     GetServiceResult,
     HasService,
     Kind,
+    data_event_head,
     decode_base,
     decode_core_request,
     decode_handshake,
@@ -52,6 +54,10 @@ from tcpsocket.service import TcpSocketManagerService
 __all__ = ["SessionFactory", "SessionProtocol"]
 
 log = Logger()
+
+_FRAME_7 = struct.Struct(">BB")
+_FRAME_16 = struct.Struct(">BBH")
+_FRAME_64 = struct.Struct(">BBQ")
 
 #: WebSocket close codes (RFC 6455).
 PROTOCOL_ERROR = 1002
@@ -121,12 +127,13 @@ class SessionProtocol(WebSocketServerProtocol):
         return self._congested
 
     def send_response(self, service: int, object_id: int, request: int, content: bytes) -> None:
-        if not self._ending:
-            self.sendMessage(encode_response(service, object_id, request, content), isBinary=True)
+        self._write_message(encode_response(service, object_id, request, content))
 
     def send_event(self, service: int, object_id: int, content: bytes) -> None:
-        if not self._ending:
-            self.sendMessage(encode_event(service, object_id, content), isBinary=True)
+        self._write_message(encode_event(service, object_id, content))
+
+    def send_data_event(self, service: int, object_id: int, data: bytes) -> None:
+        self._write_message(data_event_head(service, object_id, len(data)), data)
 
     # -- WebSocket callbacks -------------------------------------------------
 
@@ -138,8 +145,16 @@ class SessionProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
         self.factory.sessions.add(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own formats a debug message for every read, even when
+        # debug logging is off.
+        self._dataReceived(data)
+
     def onOpen(self) -> None:
         transport: Any = self.transport
+        if ITCPTransport.providedBy(transport):
+            # Responses and events are small and latency-bound.
+            transport.setTcpNoDelay(True)
         # Twisted Web registered its HTTP channel as the producer; the session
         # takes over, so that a slow client pauses reading from its remotes.
         transport.unregisterProducer()
@@ -206,6 +221,30 @@ class SessionProtocol(WebSocketServerProtocol):
 
     # -- internals -----------------------------------------------------------
 
+    def _write_message(self, head: bytes, body: bytes = b"") -> None:
+        """Send ``head + body`` as one binary message, without copying ``body``.
+
+        This writes the frame itself rather than through ``sendMessage``,
+        which copies a DATA payload several times: a server frame is just a
+        header (FIN, opcode 2, unmasked length) before the payload.  Sessions
+        negotiate no extensions and never fragment, so the frames are the
+        ones Autobahn would write.
+        """
+        if self._ending or self.state != self.STATE_OPEN:
+            return
+        length = len(head) + len(body)
+        if length < 126:
+            frame = _FRAME_7.pack(0x82, length)
+        elif length < 65536:
+            frame = _FRAME_16.pack(0x82, 126, length)
+        else:
+            frame = _FRAME_64.pack(0x82, 127, length)
+        transport: Any = self.transport
+        if body:
+            transport.writeSequence((frame + head, body))
+        else:
+            transport.write(frame + head)
+
     def _fail(self, code: int, reason: str) -> None:
         log.warn("closing session from {peer}: {reason}", peer=self._peer_name, reason=reason)
         self.end(code, reason)
@@ -220,13 +259,13 @@ class SessionProtocol(WebSocketServerProtocol):
         self._handshake_timer = None
         token = self.config.tokens.authenticate(decode_handshake(payload), self._origin)
         if token is None:
-            self.sendMessage(encode_ack(False), isBinary=True)
+            self._write_message(encode_ack(False))
             self._fail(POLICY_VIOLATION, "invalid token")
             return
         self._authenticated = True
         self.identity = token.identity
         self._permissions = frozenset(token.permissions)
-        self.sendMessage(encode_ack(True), isBinary=True)
+        self._write_message(encode_ack(True))
         log.info(
             "session of {identity} from {peer} started",
             identity=self.identity,

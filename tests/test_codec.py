@@ -19,6 +19,7 @@ from tcpsocket.messages import (
     ObjectRef,
     Reply,
     SocketReply,
+    data_event_head,
     decode_base,
     decode_core_request,
     decode_core_response,
@@ -193,6 +194,16 @@ class VectorTests(SynchronousTestCase):
         message = decode_base(h("01 01 02 07 09 05 48 65 6c 6c 6f"))
         self.assertEqual((message.kind, message.request), (Kind.EVENT, None))
         self.assertEqual(decode_socket_reply(message.content).value, b"Hello")
+
+    def test_data_event_head(self) -> None:
+        # The zero-copy DATA framing writes the same bytes as the plain encoder.
+        self.assertEqual(data_event_head(1, 1, 5) + b"Hello", h("01 01 02 07 09 05 48 65 6c 6c 6f"))
+        for size in (0, 240, 250, 251, 65535, 65536, 70000):
+            data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+            self.assertEqual(
+                data_event_head(3, 300, size) + data,
+                encode_event(3, 300, encode_data_event(data)),
+            )
 
     def test_close(self) -> None:
         close = encode_method(Method.CLOSE)

@@ -8,6 +8,7 @@ from typing import Any, Final, TypeAlias
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from tcpsocket.bincode import Buffer
 from tcpsocket.client.events import EventConstants, Listeners, check_event
 from tcpsocket.client.session import Session
 from tcpsocket.client.socket import TcpSocket, reply_value
@@ -20,7 +21,7 @@ __all__ = ["ManagerListener", "TcpSocketManager"]
 ManagerListener: TypeAlias = Callable[[TcpSocket, Any], object]
 
 
-def _decode_open(content: bytes) -> int:
+def _decode_open(content: Buffer) -> int:
     value = reply_value(Method.OPEN, content)
     assert isinstance(value, int)
     return value

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
 from tcpsocket._timers import use_reactor_timers
-from tcpsocket.bincode import DecodeError, Reader
+from tcpsocket.bincode import Buffer, DecodeError, Reader
 from tcpsocket.client.errors import (
     GetServiceError,
     PermissionDenied,
@@ -58,7 +58,7 @@ NORMAL_CLOSE = 1000
 class EventSink(Protocol):
     """What :meth:`Session.register` routes events to."""
 
-    def event_received(self, content: bytes) -> None:
+    def event_received(self, content: Buffer) -> None:
         """One event's content for this object."""
 
     def session_ended(self, reason: SessionClosed) -> None:
@@ -69,7 +69,7 @@ def _kind_name(result: GetServiceResult) -> str:
     return "".join(word.capitalize() for word in result.name.split("_"))
 
 
-def _decode_get_service(content: bytes) -> int:
+def _decode_get_service(content: Buffer) -> int:
     response = decode_core_response(content)
     if response.op is not Core.GET_SERVICE or response.result is None:
         raise ProtocolError(f"unexpected core response {response.op.name} to GetService")
@@ -80,8 +80,8 @@ def _decode_get_service(content: bytes) -> int:
     raise GetServiceError(_kind_name(response.result), detail)
 
 
-def _bool_decoder(op: Core) -> Callable[[bytes], bool]:
-    def decode(content: bytes) -> bool:
+def _bool_decoder(op: Core) -> Callable[[Buffer], bool]:
+    def decode(content: Buffer) -> bool:
         response = decode_core_response(content)
         if response.op is not op:
             raise ProtocolError(f"unexpected core response {response.op.name} to {op.name}")
@@ -98,7 +98,7 @@ class Session:
         self.reactor = reactor
         self._protocol = protocol
         self._next_request = 3
-        self._pending: dict[int, tuple[Deferred[Any], Callable[[bytes], Any]]] = {}
+        self._pending: dict[int, tuple[Deferred[Any], Callable[[Buffer], Any]]] = {}
         self._sinks: dict[tuple[int, int], EventSink] = {}
         self._ended: SessionClosed | None = None
         self._gone = False
@@ -159,7 +159,7 @@ class Session:
     # -- requests --------------------------------------------------------------
 
     def call(
-        self, service: int, object_id: int, content: bytes, decode: Callable[[bytes], T]
+        self, service: int, object_id: int, content: bytes, decode: Callable[[Buffer], T]
     ) -> Deferred[T]:
         """Send one request; fires with ``decode(content)`` of its response.
 

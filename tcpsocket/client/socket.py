@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from tcpsocket.bincode import DecodeError
+from tcpsocket.bincode import Buffer, DecodeError
 from tcpsocket.client.errors import ProtocolError, SessionClosed, TcpSocketError
 from tcpsocket.client.events import EventConstants, Listeners, check_event
 from tcpsocket.messages import (
@@ -34,7 +34,7 @@ log = Logger()
 SocketListener: TypeAlias = Callable[[Any], object]
 
 
-def reply_value(method: Method, content: bytes) -> object:
+def reply_value(method: Method, content: Buffer) -> object:
     """The value of ``method``'s success reply, or raise :class:`TcpSocketError` with the reason."""
     success, failure = REPLIES[method]
     reply = decode_socket_reply(content)
@@ -45,12 +45,12 @@ def reply_value(method: Method, content: bytes) -> object:
     raise ProtocolError(f"unexpected reply {reply.reply.name} to {method.name.lower()}")
 
 
-def _decode_send(content: bytes) -> bool:
+def _decode_send(content: Buffer) -> bool:
     return reply_value(Method.SEND, content) is True
 
 
-def _void_decoder(method: Method) -> Callable[[bytes], None]:
-    def decode(content: bytes) -> None:
+def _void_decoder(method: Method) -> Callable[[Buffer], None]:
+    def decode(content: Buffer) -> None:
         reply_value(method, content)
 
     return decode
@@ -143,7 +143,7 @@ class TcpSocket(EventConstants):
 
     # -- EventSink -------------------------------------------------------------
 
-    def event_received(self, content: bytes) -> None:
+    def event_received(self, content: Buffer) -> None:
         """An event of this socket from the daemon."""
         try:
             reply = decode_socket_reply(content)
@@ -168,7 +168,7 @@ class TcpSocket(EventConstants):
 
     # -- internals -------------------------------------------------------------
 
-    def _call(self, content: bytes, decode: Callable[[bytes], Any]) -> Deferred[Any]:
+    def _call(self, content: bytes, decode: Callable[[Buffer], Any]) -> Deferred[Any]:
         if self._released:
             return defer.fail(TcpSocketError("socket released"))
         return self.session.call(self.service_id, self.object_id, content, decode)
