@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
@@ -20,8 +21,16 @@ MiB = 1024 * KiB
 RemoteConnector = Callable[[Any, str, int, float], IStreamClientEndpoint]
 
 
-def hostname_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-    """The default :attr:`ServerConfig.connect`: a ``HostnameEndpoint`` (name lookup, IPv4/IPv6)."""
+def remote_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """The default :attr:`ServerConfig.connect`.
+
+    A ``HostnameEndpoint`` for a name (lookup, then IPv6 and IPv4 attempts);
+    a plain TCP endpoint for an address literal, which needs neither.
+    """
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
     return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
 
@@ -41,7 +50,7 @@ class ServerConfig:
     max_send_buffer: int = 16 * MiB
     session_buffer: int = 256 * KiB
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
-    connect: RemoteConnector = hostname_endpoint
+    connect: RemoteConnector = remote_endpoint
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "handshake_timeout", "close_timeout"):

@@ -74,6 +74,7 @@ def describe_failure(failure: Failure) -> str:
     # ConnectingCancelledError, which is not a CancelledError.
     timeouts = (
         error.TimeoutError,
+        error.TCPTimedOutError,
         error.ConnectingCancelledError,
         defer.TimeoutError,
         defer.CancelledError,
