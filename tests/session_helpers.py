@@ -20,7 +20,6 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, error, reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -44,7 +43,16 @@ from tcpsocket.messages import (
     encode_request,
     encode_send,
 )
-from tests.support import TOKEN, RawClient, Remote, RemoteFactory, raw_client
+from tests.support import (
+    TOKEN,
+    RawClient,
+    Remote,
+    RemoteFactory,
+    drop_at_cleanup,
+    listen_remote,
+    listen_remote_port,
+    raw_client,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -61,8 +69,7 @@ def only(items: Any) -> Any:
 
 def live_sessions(site: Any) -> set[Any]:
     """The daemon's live ``SessionProtocol`` objects."""
-    factory = getattr(site, "session_factory", None) or site.sessions
-    sessions: set[Any] = factory.sessions
+    sessions: set[Any] = site.session_factory.sessions
     return sessions
 
 
@@ -443,18 +450,9 @@ async def listen_small(
     it (shrinking the buffer of an established connection makes the kernel
     drop segments it already allowed, and TCP then stalls on retransmits).
     """
-    factory = RemoteFactory(protocol, payload)
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    factory, port = await listen_remote_port(test, protocol, payload)
     port.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, rcvbuf)
-    test.addCleanup(port.stopListening)
-    test.addCleanup(lambda: defer.ensureDeferred(_drop(factory)))
     return factory, port.getHost().port
-
-
-async def _drop(factory: RemoteFactory) -> None:
-    for connection in list(factory.connections):
-        connection.transport.abortConnection()  # type: ignore[union-attr]
-        await connection.lost
 
 
 async def raw_client_small(test: Any, port: int, rcvbuf: int = SMALL_BUFFER) -> RawClient:
@@ -470,29 +468,13 @@ async def raw_client_small(test: Any, port: int, rcvbuf: int = SMALL_BUFFER) -> 
             sock.fileno(), stdlib_socket.AF_INET, factory
         )
     client: RawClient = await factory.opened
-
-    async def drop() -> None:
-        if not client.closed.called:
-            client.dropConnection(abort=True)
-            await client.closed
-
-    test.addCleanup(lambda: defer.ensureDeferred(drop()))
+    drop_at_cleanup(test, client)
     return client
 
 
 async def listen_remote6(test: Any, protocol: type[Remote]) -> tuple[RemoteFactory, int]:
     """Like ``listen_remote`` but on ``::1``."""
-    factory = RemoteFactory(protocol)
-    port = await TCP6ServerEndpoint(reactor, 0, interface="::1").listen(factory)
-    test.addCleanup(port.stopListening)
-
-    async def drop_connections() -> None:
-        for connection in list(factory.connections):
-            connection.transport.abortConnection()  # type: ignore[union-attr]
-            await connection.lost
-
-    test.addCleanup(lambda: defer.ensureDeferred(drop_connections()))
-    return factory, port.getHost().port
+    return await listen_remote(test, protocol, interface="::1")
 
 
 def has_ipv6_loopback() -> bool:

@@ -14,7 +14,7 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
 )
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
 from tcpsocket.config import ServerConfig
@@ -131,12 +131,16 @@ class RemoteFactory(Factory):
         self.closed = 0
 
 
-async def listen_remote(
-    test: Any, protocol: type[Remote], payload: bytes = b""
-) -> tuple[RemoteFactory, int]:
-    """Listen on 127.0.0.1 with ``protocol``; stopped at test cleanup. Returns the port."""
+async def listen_remote_port(
+    test: Any, protocol: type[Remote], payload: bytes = b"", interface: str = "127.0.0.1"
+) -> tuple[RemoteFactory, Any]:
+    """Listen on ``interface`` with ``protocol``; returns the factory and the listening port.
+
+    The port stops, and the connections it accepted are dropped, at test cleanup.
+    """
     factory = RemoteFactory(protocol, payload)
-    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+    port = await endpoint_type(reactor, 0, interface=interface).listen(factory)
     test.addCleanup(port.stopListening)
 
     async def drop_connections() -> None:
@@ -145,6 +149,14 @@ async def listen_remote(
             await connection.lost
 
     test.addCleanup(lambda: defer.ensureDeferred(drop_connections()))
+    return factory, port
+
+
+async def listen_remote(
+    test: Any, protocol: type[Remote], payload: bytes = b"", interface: str = "127.0.0.1"
+) -> tuple[RemoteFactory, int]:
+    """Listen on ``interface`` with ``protocol``, until test cleanup; returns the port number."""
+    factory, port = await listen_remote_port(test, protocol, payload, interface)
     return factory, port.getHost().port
 
 
@@ -214,6 +226,12 @@ async def raw_client_on(
     factory.opened = defer.Deferred()
     await endpoint.connect(factory)
     client: RawClient = await factory.opened
+    drop_at_cleanup(test, client)
+    return client
+
+
+def drop_at_cleanup(test: Any, client: RawClient) -> None:
+    """Drop ``client``'s connection at test cleanup if it is still open."""
 
     async def drop() -> None:
         if not client.closed.called:
@@ -221,4 +239,3 @@ async def raw_client_on(
             await client.closed
 
     test.addCleanup(lambda: defer.ensureDeferred(drop()))
-    return client

@@ -28,10 +28,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.internet.interfaces import IPushProducer
-from zope.interface import implementer
 
 from tests import test_browser as harness  # the module, so its TestCases are not collected twice
+from tests.session_helpers import Source
 from tests.support import Remote, listen_remote, wait_until
 
 KiB = 1024
@@ -78,55 +77,31 @@ def report(name: str, stats: dict[str, Any]) -> None:
 # -- loopback remotes ----------------------------------------------------------
 
 
-@implementer(IPushProducer)
-class StreamSource(Remote):
+class StreamSource(Source):
     """Once started, writes ``factory.payload`` as fast as its transport takes it, then FIN.
 
-    It is a streaming producer of its own transport, which pauses it whenever more than its
-    buffer size (64 KiB) is waiting: ``pauses`` counts that (it writes 256 KiB at a time, so
-    every write pauses it), ``longest_stall`` is the longest time it stayed paused, in seconds:
-    long stalls mean that the daemon stopped reading.
+    Its transport pauses it whenever more than its buffer size (64 KiB) is waiting:
+    ``pauses`` counts that (it writes 256 KiB at a time, so every write pauses it),
+    ``longest_stall`` is the longest time it stayed paused, in seconds: long stalls mean
+    that the daemon stopped reading.
     """
 
-    chunk = 256 * KiB
+    autostart = False
 
     def connectionMade(self) -> None:
-        super().connectionMade()
-        self.offset = 0
-        self.started = False
-        self.paused = False
-        self.pauses = 0
         self.longest_stall = 0.0
         self._paused_at = 0.0
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-
-    def start(self) -> None:
-        self.started = True
-        self.resumeProducing()
+        super().connectionMade()
 
     def resumeProducing(self) -> None:
         if self.paused:
             stall = reactor.seconds() - self._paused_at  # type: ignore[attr-defined]
             self.longest_stall = max(self.longest_stall, stall)
-        self.paused = False
-        if not self.started or self.transport is None:
-            return
-        payload = self.factory.payload
-        while not self.paused and self.offset < len(payload):
-            end = self.offset + self.chunk
-            self.transport.write(payload[self.offset : end])
-            self.offset = min(end, len(payload))
-        if self.offset >= len(payload) and not self.paused:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+        super().resumeProducing()
 
     def pauseProducing(self) -> None:
-        self.paused = True
-        self.pauses += 1
+        super().pauseProducing()
         self._paused_at = reactor.seconds()  # type: ignore[attr-defined]
-
-    def stopProducing(self) -> None:
-        self.paused = True
 
 
 class SlowSink(Remote):
