@@ -37,7 +37,13 @@ class TcpSocketSite(Site):
 
     def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
         self.session_factory = SessionFactory(config, reactor)
-        super().__init__(build_root(self.session_factory), reactor=self.session_factory.reactor)
+        # An HTTP connection that says nothing for the handshake timeout is
+        # closed (a WebSocket session is not idle HTTP: it is unaffected).
+        super().__init__(
+            build_root(self.session_factory),
+            timeout=config.handshake_timeout,
+            reactor=self.session_factory.reactor,
+        )
 
 
 def build_site(config: ServerConfig, reactor: Any = None) -> TcpSocketSite:

@@ -59,7 +59,8 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             10.0,
-            "Seconds a client has for the WebSocket and session handshakes.",
+            "Seconds a client has for the WebSocket and session handshakes "
+            "(and an idle HTTP connection is kept).",
             _positive_float,
         ],
         [

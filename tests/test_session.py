@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
@@ -67,7 +69,26 @@ def open_request(request: int, port: int, host: str = "127.0.0.1") -> bytes:
     return encode_request(1, 0, request, encode_open(host, port))
 
 
+class _Silent(Protocol):
+    """Connects and says nothing."""
+
+    def connectionMade(self) -> None:
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
 class HandshakeTests(TestCase):
+    async def test_idle_http_connection_closed(self) -> None:
+        site, port = await start_daemon(self, handshake_timeout=0.2)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        silent = await connectProtocol(endpoint, _Silent())
+        started = reactor.seconds()  # type: ignore[attr-defined]
+        await silent.lost
+        self.assertGreaterEqual(reactor.seconds() - started, 0.1)  # type: ignore[attr-defined]
+        self.assertEqual(live_sessions(site), set())
+
     async def test_valid_token(self) -> None:
         _, port = await start_daemon(self)
         client = await raw_client(self, port)
