@@ -18,7 +18,9 @@ setup(
     },
     install_requires=["twisted>=24.7", "autobahn>=24.4"],
     extras_require={
+        "tls": ["twisted[tls]"],
         "test": [
+            "twisted[tls]",
             "pytest",
             "pytest-twisted",
             "pytest-cov",

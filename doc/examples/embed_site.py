@@ -14,16 +14,25 @@ import os
 from typing import Any
 
 from twisted.web.resource import Resource
-from twisted.web.server import Site
-from twisted.web.static import Data
+from twisted.web.server import Request, Site
 
 from tcpsocket import ApiV1Resource, ServerConfig, SessionFactory, Token, TokenStore
+
+
+class Home(Resource):
+    """The application's own page."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return b"<!doctype html><title>My app</title><h1>My app</h1>"
 
 
 def build_app_site(token: str, reactor: Any = None) -> Site:
     """The application's Site, with tcpsocket mounted in it."""
     root = Resource()
-    root.putChild(b"", Data(b"<!doctype html><title>My app</title><h1>My app</h1>", "text/html"))
+    root.putChild(b"", Home())
 
     config = ServerConfig(tokens=TokenStore([Token(token, identity="my-app")]))
     sessions = SessionFactory(config, reactor)
