@@ -122,7 +122,7 @@ class _TransportFlow:
         self._socket = socket
 
     def pauseProducing(self) -> None:
-        self._socket._writable = False
+        self._socket._transport_full()
 
     def resumeProducing(self) -> None:
         self._socket._transport_drained()
@@ -332,6 +332,9 @@ class RemoteSocket(Protocol):
         self._pump()
 
     # -- internals -----------------------------------------------------------
+
+    def _transport_full(self) -> None:
+        self._writable = False
 
     def _transport_drained(self) -> None:
         self._writable = True
