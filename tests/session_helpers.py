@@ -126,6 +126,18 @@ class EventStream:
     def kinds(self) -> list[Reply]:
         return [e.reply for e in self.events]
 
+    async def until_close(self) -> None:
+        """Take events until CLOSE has arrived."""
+        while Reply.CLOSE_EVENT not in self.kinds():
+            await self.next()
+
+    def assert_data_then_one_close(self) -> None:
+        """Only DATA came, then CLOSE, once and last."""
+        kinds = self.kinds()
+        assert kinds.count(Reply.CLOSE_EVENT) == 1, kinds
+        assert kinds[-1] is Reply.CLOSE_EVENT, kinds
+        assert set(kinds[:-1]) <= {Reply.DATA_EVENT}, kinds
+
     def fail(self, reason: Exception) -> None:
         while self._waiting:
             self._waiting.popleft().errback(reason)
@@ -181,6 +193,10 @@ class SessionClient:
             self.stream(message.service, message.object).add(reply)
         else:
             self.unexpected.append(payload)
+
+    async def settle(self) -> None:
+        """One request round trip: every event the daemon sent before it has arrived."""
+        await self.request(0, 0, b"\x01\x00")  # HasService ""
 
     def stream(self, service: int, socket_id: int) -> EventStream:
         """The events of one socket."""

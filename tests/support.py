@@ -16,6 +16,7 @@ from autobahn.twisted.websocket import (
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.basic import LineReceiver
 
 from tcpsocket.config import ServerConfig
 from tcpsocket.site import build_site
@@ -120,6 +121,17 @@ class Reset(Remote):
 
 class Sink(Remote):
     """Takes everything and says nothing."""
+
+
+class LineEcho(LineReceiver):
+    """A line server: answers each line upper-cased; QUIT closes."""
+
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"QUIT":
+            self.sendLine(b"BYE")
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self.sendLine(line.upper())
 
 
 class RemoteFactory(Factory):

@@ -42,6 +42,7 @@ from tcpsocket.client import (
 from tests.support import (
     Banner,
     Echo,
+    LineEcho,
     Remote,
     Reset,
     SendAndClose,
@@ -52,17 +53,6 @@ from tests.support import (
 from tests.test_client import daemon_socket, free_port, open_session
 
 # -- remotes and protocols -----------------------------------------------------
-
-
-class LineEcho(LineReceiver):
-    """A line server: answers each line upper-cased; QUIT closes."""
-
-    def lineReceived(self, line: bytes) -> None:
-        if line == b"QUIT":
-            self.sendLine(b"BYE")
-            self.transport.loseConnection()  # type: ignore[union-attr]
-        else:
-            self.sendLine(line.upper())
 
 
 class LineClient(LineReceiver):

@@ -38,9 +38,21 @@ from tests.support import (
 ALL_EVENTS = (Event.DATA, Event.DRAIN, Event.ERROR, Event.CLOSE)
 
 
-async def settle(client: SessionClient) -> None:
-    """One request round trip: every event the daemon sent before it has arrived."""
-    await client.request(0, 0, b"\x01\x00")  # HasService ""
+async def stalled_socket(
+    test: TestCase, events: tuple[Event, ...] = ALL_EVENTS, **config: Any
+) -> tuple[Any, SessionClient, int, int, Any, PausedSink]:
+    """A socket to a remote that does not read, with small kernel buffers on both sides.
+
+    Returns the site, the client, the service and socket ids, the daemon's
+    socket and the remote's protocol.
+    """
+    site, port = await start_daemon(test, **config)
+    factory, remote_port = await listen_small(test, PausedSink)
+    client, service = await manager(test, port)
+    socket_id = await client.open_ok(service, remote_port, events=events)
+    socket = shrink_send_buffer(site, service, socket_id)
+    remote: PausedSink = only(factory.connections)
+    return site, client, service, socket_id, socket, remote
 
 
 def daemon_socket(site: Any, service: int, socket_id: int) -> Any:
@@ -49,12 +61,7 @@ def daemon_socket(site: Any, service: int, socket_id: int) -> Any:
 
 class CloseTests(TestCase):
     async def test_graceful_close_flushes_then_fin(self) -> None:
-        site, port = await start_daemon(self, close_timeout=10)
-        factory, remote_port = await listen_small(self, PausedSink)
-        client, service = await manager(self, port)
-        socket_id = await client.open_ok(service, remote_port, events=ALL_EVENTS)
-        socket = shrink_send_buffer(site, service, socket_id)
-        remote = only(factory.connections)
+        _, client, service, socket_id, socket, remote = await stalled_socket(self, close_timeout=10)
         accepted = await fill(client, service, socket_id)
         more = pattern(100 * KiB, seed=7)
         reply = await client.send(service, socket_id, more)  # queued in the daemon
@@ -70,19 +77,14 @@ class CloseTests(TestCase):
         await remote.lost
         self.assertTrue(remote.clean_eof, remote.reason)
         self.assertEqual(bytes(remote.received), accepted)
-        await settle(client)
+        await client.settle()
         self.assertEqual(client.stream(service, socket_id).kinds(), [Reply.CLOSE_EVENT])
         client.assert_one_response_each()
 
     async def test_close_right_after_false(self) -> None:
         # The transport still holds data (and has paused the socket as a
         # producer) when close comes: it must still end with FIN, not time out.
-        site, port = await start_daemon(self, close_timeout=10)
-        factory, remote_port = await listen_small(self, PausedSink)
-        client, service = await manager(self, port)
-        socket_id = await client.open_ok(service, remote_port, events=ALL_EVENTS)
-        socket = shrink_send_buffer(site, service, socket_id)
-        remote = only(factory.connections)
+        _, client, service, socket_id, socket, remote = await stalled_socket(self, close_timeout=10)
         accepted = await fill(client, service, socket_id)
         self.assertEqual(socket.queued_upstream, 0)
         self.assertGreater(transport_buffered(socket.transport), 0)
@@ -106,18 +108,13 @@ class CloseTests(TestCase):
         # The socket is gone now; closing it again still succeeds.
         reply = await client.call(service, socket_id, Method.CLOSE)
         self.assertEqual(reply, SocketReply(Reply.CLOSE_SUCCESS))
-        await settle(client)
+        await client.settle()
         self.assertEqual(client.stream(service, socket_id).kinds(), [Reply.CLOSE_EVENT])
         await wait_until(lambda: factory.closed == 1)
         client.assert_one_response_each()
 
     async def test_requests_after_close(self) -> None:
-        site, port = await start_daemon(self)
-        factory, remote_port = await listen_small(self, PausedSink)
-        client, service = await manager(self, port)
-        socket_id = await client.open_ok(service, remote_port, events=(Event.CLOSE,))
-        shrink_send_buffer(site, service, socket_id)
-        remote = only(factory.connections)
+        _, client, service, socket_id, _, remote = await stalled_socket(self, events=(Event.CLOSE,))
         accepted = await fill(client, service, socket_id)
         await client.call(service, socket_id, Method.CLOSE)
         reply = await client.send(service, socket_id, b"late")
@@ -148,23 +145,15 @@ class CloseTests(TestCase):
         await wait_until(lambda: factory.closed == 1)
         await client.enable(service, socket_id, *ALL_EVENTS)
         stream = client.stream(service, socket_id)
-        while Reply.CLOSE_EVENT not in stream.kinds():
-            await stream.next()
+        await stream.until_close()
         self.assertEqual(bytes(stream.data), payload)
-        await settle(client)
-        kinds = stream.kinds()
-        self.assertEqual(set(kinds[:-1]), {Reply.DATA_EVENT})
-        self.assertEqual(kinds[-1], Reply.CLOSE_EVENT)
-        self.assertEqual(kinds.count(Reply.CLOSE_EVENT), 1)
+        await client.settle()
+        self.assertIn(Reply.DATA_EVENT, stream.kinds())
+        stream.assert_data_then_one_close()
         self.assertEqual(only(live_sessions(site)).services[service].sockets, {})
 
     async def test_remote_fin_flushes_what_is_buffered(self) -> None:
-        site, port = await start_daemon(self)
-        factory, remote_port = await listen_small(self, PausedSink)
-        client, service = await manager(self, port)
-        socket_id = await client.open_ok(service, remote_port, events=ALL_EVENTS)
-        socket = shrink_send_buffer(site, service, socket_id)
-        remote = only(factory.connections)
+        _, client, service, socket_id, socket, remote = await stalled_socket(self)
         accepted = await fill(client, service, socket_id)
         remote.transport.write(b"goodbye")
         remote.transport.loseWriteConnection()  # FIN, but keeps reading
@@ -173,8 +162,7 @@ class CloseTests(TestCase):
         self.assertEqual(reply.reply, Reply.SEND_ERROR)
         remote.resume()
         stream = client.stream(service, socket_id)
-        while Reply.CLOSE_EVENT not in stream.kinds():
-            await stream.next()
+        await stream.until_close()
         self.assertEqual(stream.kinds(), [Reply.DATA_EVENT, Reply.CLOSE_EVENT])
         self.assertEqual(bytes(stream.data), b"goodbye")
         await remote.lost
@@ -191,18 +179,14 @@ class CloseTests(TestCase):
         self.assertEqual(error.reply, Reply.ERROR_EVENT)
         self.assertEqual(error.value, "connection reset by peer")
         self.assertEqual(await stream.next(), SocketReply(Reply.CLOSE_EVENT))
-        await settle(client)
+        await client.settle()
         self.assertEqual(stream.kinds(), [Reply.ERROR_EVENT, Reply.CLOSE_EVENT])
 
     async def test_reset_reports_undelivered_bytes(self) -> None:
-        site, port = await start_daemon(self)
-        factory, remote_port = await listen_small(self, PausedSink)
-        client, service = await manager(self, port)
-        socket_id = await client.open_ok(service, remote_port, events=ALL_EVENTS)
-        shrink_send_buffer(site, service, socket_id)
+        _, client, service, socket_id, _, remote = await stalled_socket(self)
         await fill(client, service, socket_id)
         await client.send(service, socket_id, b"q" * 1000)  # in the daemon's queue
-        only(factory.connections).transport.abortConnection()
+        remote.transport.abortConnection()
         stream = client.stream(service, socket_id)
         error = await stream.next()
         self.assertEqual(error.reply, Reply.ERROR_EVENT)
@@ -261,12 +245,7 @@ class SessionEndTests(TestCase):
         await self.check_flushed(site, remotes, accepted)
 
     async def test_release_socket(self) -> None:
-        site, port = await start_daemon(self)
-        factory, remote_port = await listen_small(self, PausedSink)
-        client, service = await manager(self, port)
-        socket_id = await client.open_ok(service, remote_port, events=ALL_EVENTS)
-        shrink_send_buffer(site, service, socket_id)
-        remote = only(factory.connections)
+        site, client, service, socket_id, _, remote = await stalled_socket(self)
         accepted = await fill(client, service, socket_id)
         remote.transport.write(b"never delivered")
         self.assertTrue(await client.release(service, socket_id))
@@ -281,7 +260,7 @@ class SessionEndTests(TestCase):
         await remote.lost
         self.assertTrue(remote.clean_eof, remote.reason)
         self.assertEqual(bytes(remote.received), accepted)
-        await settle(client)
+        await client.settle()
         self.assertEqual(client.stream(service, socket_id).events, [])  # forgotten: no events
         self.assertEqual(only(live_sessions(site)).sockets_in_use, 0)
         client.assert_one_response_each()
@@ -337,8 +316,7 @@ class FileDescriptorTests(TestCase):
         client, service = await manager(self, port)
         gone = await client.open_ok(service, closing_port, events=ALL_EVENTS)
         stream = client.stream(service, gone)
-        while Reply.CLOSE_EVENT not in stream.kinds():
-            await stream.next()
+        await stream.until_close()
         released = await client.open_ok(service, echo_port)
         self.assertTrue(await client.release(service, released))
         other = await client.get_service()

@@ -30,6 +30,7 @@ from tcpsocket.client import (
     TcpSocketManager,
 )
 from tcpsocket.testing import MemoryDaemon, MemoryTransport
+from tests import support
 
 T = TypeVar("T")
 
@@ -38,20 +39,15 @@ TOKEN = "secret"
 # -- remotes -------------------------------------------------------------------
 
 
-class LineEcho(LineReceiver):
-    """A line server: answers each line upper-cased; QUIT closes."""
+class LineEcho(support.LineEcho):
+    """The line server of the other tests, remembering how its connection ended."""
 
     def connectionMade(self) -> None:
+        super().connectionMade()
         self.lost: Failure | None = None
 
-    def lineReceived(self, line: bytes) -> None:
-        if line == b"QUIT":
-            self.sendLine(b"BYE")
-            self.transport.loseConnection()  # type: ignore[union-attr]
-        else:
-            self.sendLine(line.upper())
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
         self.lost = reason
 
 
