@@ -2,7 +2,7 @@
 
 The daemon's public API, for embedding it in a Twisted application:
 
-* :class:`ServerConfig`, :class:`Token`, :class:`TokenStore`, :class:`AllowList`:
+* :class:`ServerConfig`, :class:`Token`, :class:`TokenStore`, :class:`DestinationPolicy`:
   what sessions may do;
 * :class:`TcpSocketService`: the whole daemon as an ``IService``;
 * :class:`SessionFactory` (its ``websocket_resource()`` goes at ``/ws``) and
@@ -14,7 +14,7 @@ The Python client is :mod:`tcpsocket.client`.
 from __future__ import annotations
 
 from tcpsocket.config import ServerConfig
-from tcpsocket.policy import AllowAll, AllowList
+from tcpsocket.policy import AllowAll, AllowList, DestinationPolicy, Rule
 from tcpsocket.session import SessionFactory
 from tcpsocket.site import TcpSocketService, TcpSocketSite, build_site
 from tcpsocket.tokens import Token, TokenStore
@@ -27,6 +27,8 @@ __all__ = [
     "AllowList",
     "ApiV1Resource",
     "DemoResource",
+    "DestinationPolicy",
+    "Rule",
     "ServerConfig",
     "SessionFactory",
     "TcpSocketService",

@@ -8,24 +8,27 @@ from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
 
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
-from tcpsocket.policy import AllowAll
+from tcpsocket.policy import DestinationPolicy
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
 KiB = 1024
 MiB = 1024 * KiB
 
 #: How the daemon reaches a remote: ``connect(reactor, host, port, timeout)`` gives the endpoint.
+#: ``host`` is a checked address, or a name whose checked addresses are all that
+#: ``reactor``'s name resolver knows: a connector must not resolve it any other way.
 RemoteConnector = Callable[[Any, str, int, float], IStreamClientEndpoint]
 
 
 def remote_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
     """The default :attr:`ServerConfig.connect`.
 
-    A ``HostnameEndpoint`` for a name (lookup, then IPv6 and IPv4 attempts);
-    a plain TCP endpoint for an address literal, which needs neither.
+    A ``HostnameEndpoint`` for a name (Happy Eyeballs over the checked
+    addresses, which ``reactor`` resolves it to); a plain TCP endpoint for an
+    address.
     """
     if isIPAddress(host):
         return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
@@ -36,10 +39,13 @@ def remote_endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStre
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Everything a session needs to know; all limits are per session or per socket."""
+    """Everything a session needs to know: the limits, and which remotes it may open."""
 
     tokens: ITokenStore
-    policy: IOpenPolicy = field(default_factory=AllowAll)
+    #: Which remotes sessions may open; by default only global addresses (doc/destinations.md).
+    policy: IOpenPolicy = field(default_factory=DestinationPolicy)
+    #: Resolves host names; None: ``getaddrinfo`` on the daemon's own thread pool.
+    resolver: IHostnameResolver | None = None
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
     close_timeout: float = 30.0
@@ -49,6 +55,15 @@ class ServerConfig:
     high_water_mark: int = 64 * KiB
     max_send_buffer: int = 16 * MiB
     session_buffer: int = 256 * KiB
+    #: Sockets of all sessions together (lowered to fit the open files limit).
+    max_sockets: int = 16384
+    #: Upstream bytes queued by the sockets of one session / of all sessions.
+    max_session_send_buffer: int = 64 * MiB
+    max_total_send_buffer: int = 512 * MiB
+    max_services_per_session: int = 64
+    #: Name lookups in progress at once, per session and in all.
+    max_lookups_per_session: int = 4
+    max_lookups: int = 32
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
     connect: RemoteConnector = remote_endpoint
 
@@ -63,6 +78,12 @@ class ServerConfig:
             "high_water_mark",
             "max_send_buffer",
             "session_buffer",
+            "max_sockets",
+            "max_session_send_buffer",
+            "max_total_send_buffer",
+            "max_services_per_session",
+            "max_lookups_per_session",
+            "max_lookups",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -29,3 +29,18 @@ class IOpenPolicy(Interface):
 
     def check(identity: str, host: str, port: int) -> str | None:
         """Return None to allow the connection, or the reason it is denied."""
+
+
+class IAddressPolicy(IOpenPolicy):
+    """An open policy that also judges each address a remote resolves to.
+
+    A policy that provides only :class:`IOpenPolicy` gets the default
+    denial (loopback, private, link-local...) applied to the addresses.
+    """
+
+    def check_address(identity: str, host: str, address: str, port: int) -> str | None:
+        """
+        Return None to allow connecting to ``address`` (canonical, one that
+        ``host`` resolved to, or ``host`` itself if it is an address), or the
+        reason it is denied.
+        """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from functools import partial
@@ -9,13 +10,15 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
+from tcpsocket.interfaces import IAddressPolicy
 from tcpsocket.messages import (
     REPLIES,
     Event,
@@ -26,7 +29,9 @@ from tcpsocket.messages import (
     encode_reply,
     encode_send_success,
 )
+from tcpsocket.policy import Address, default_denial, parse_address
 from tcpsocket.remote import RemoteSocket, SocketError, SocketOwner, describe_failure
+from tcpsocket.resolve import CheckedNames, LookupRefused
 
 __all__ = ["SessionLink", "TcpSocketManagerService", "check_address"]
 
@@ -49,6 +54,9 @@ class SessionLink(TypingProtocol):
 
     @property
     def congested(self) -> bool: ...
+
+    @property
+    def budgets(self) -> Budgets: ...
 
     def send_response(self, service: int, object_id: int, request: int, content: bytes) -> None: ...
 
@@ -75,8 +83,15 @@ def check_address(host: str, port: int) -> tuple[str, str | None]:
         or len(ascii_name) > 253
         or not all(_LABEL.match(label) for label in ascii_name.split("."))
     ):
-        return host, f"invalid host {host!r}"
+        return host, f"invalid host {_shown(host)}"
     return ascii_name, None
+
+
+def _shown(text: str, limit: int = 100) -> str:
+    """``text`` quoted for an error message, cut to about ``limit`` characters."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class _SocketFactory(Factory):
@@ -111,6 +126,7 @@ class TcpSocketManagerService(SocketOwner):
         # so that what it holds for the client stays bounded too.
         if self.sockets.pop(socket.socket_id, None) is not None:
             self.session.sockets_in_use -= 1
+            self.session.budgets.sockets -= 1
 
     @property
     def congested(self) -> bool:
@@ -146,7 +162,12 @@ class TcpSocketManagerService(SocketOwner):
             return
         try:
             if request.method is Method.SEND:
+                budgets = self.session.budgets
+                refused = budgets.upstream_refusal(self.session, socket, len(request.data))
+                if refused is not None:
+                    raise SocketError(refused)
                 content = encode_send_success(socket.send(request.data))
+                budgets.holding(self.session, socket)
             else:
                 if request.method is Method.CLOSE:
                     socket.close()
@@ -192,6 +213,7 @@ class TcpSocketManagerService(SocketOwner):
 
     def _detach(self, socket: RemoteSocket) -> None:
         self.session.sockets_in_use -= 1
+        self.session.budgets.sockets -= 1
         socket.detach()
 
     def _respond(self, object_id: int, request_id: int, content: bytes) -> None:
@@ -207,18 +229,26 @@ class TcpSocketManagerService(SocketOwner):
             self._respond(0, request_id, encode_reply(Reply.OPEN_ERROR, reason))
 
         host, invalid = check_address(host, port)
+        if invalid is None:
+            try:
+                literal = parse_address(host)
+            except ValueError as e:
+                invalid = str(e)
         if invalid is not None:
             return fail(invalid)
         denied = config.policy.check(session.identity, host, port)
         if denied is not None:
-            return fail(f"not allowed: {denied}")
+            return self._deny(fail, host, port, denied)
         if session.sockets_in_use >= config.max_sockets_per_session:
             limit = config.max_sockets_per_session
             return fail(f"too many sockets in this session (limit {limit})")
+        refused = session.budgets.sockets_refusal()
+        if refused is not None:
+            return fail(refused)
         session.sockets_in_use += 1
-        endpoint = config.connect(session.reactor, host, port, config.connect_timeout)
-        factory = _SocketFactory(config, self, session.reactor)
-        connecting: Deferred[Any] = endpoint.connect(factory)
+        session.budgets.sockets += 1
+        attempt = _Attempt(self, host, literal, port)
+        connecting = ensureDeferred(attempt.run())
         connecting.addTimeout(config.connect_timeout, session.reactor)
         self._connecting.add(connecting)
 
@@ -227,8 +257,7 @@ class TcpSocketManagerService(SocketOwner):
             socket.socket_id = self._next_id
             self._next_id += 1
             if self._stopped:
-                session.sockets_in_use -= 1
-                socket.detach()
+                self._detach(socket)
                 fail(f"the service was released ({host} port {port})")
                 return
             self.sockets[socket.socket_id] = socket
@@ -244,7 +273,106 @@ class TcpSocketManagerService(SocketOwner):
         def failed(reason: Failure) -> None:
             self._connecting.discard(connecting)
             session.sockets_in_use -= 1
+            session.budgets.sockets -= 1
+            if reason.check(_Refused):
+                why = str(reason.value)
+                if isinstance(reason.value, _Denied):
+                    return self._deny(fail, host, port, why)
+                return fail(why)
             why = "the service was released" if self._stopped else describe_failure(reason)
             fail(f"{why} ({host} port {port})")
 
         connecting.addCallbacks(connected, failed)
+
+    def _deny(self, fail: Callable[[str], None], host: str, port: int, reason: str) -> None:
+        log.warn(
+            "{identity} denied {host} port {port}: {reason}",
+            identity=self.session.identity,
+            host=host,
+            port=port,
+            reason=reason,
+        )
+        fail(f"not allowed: {reason}")
+
+
+class _Refused(Exception):
+    """An open that is answered with this message (a budget, a lookup)."""
+
+
+class _Denied(_Refused):
+    """An open that the policy or the daemon's own endpoints deny."""
+
+
+#: The most addresses of one name an open tries (Happy Eyeballs runs them in parallel).
+MAX_ADDRESSES = 4
+
+
+class _Attempt:
+    """One open after the first checks: lookup, check every address, connect."""
+
+    def __init__(
+        self, service: TcpSocketManagerService, host: str, literal: Address | None, port: int
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.literal = literal
+        self.port = port
+
+    async def run(self) -> RemoteSocket:
+        session = self.service.session
+        config = session.config
+        budgets = session.budgets
+        host, port = self.host, self.port
+        if self.literal is not None:
+            addresses = [str(self.literal)]
+        else:
+            try:
+                lookup = budgets.lookups.lookup(session, host, port)
+            except LookupRefused as e:
+                raise _Refused(str(e)) from None
+            try:
+                addresses = await lookup
+            except LookupRefused:
+                raise _Refused(f"host name lookup failed ({host} port {port})") from None
+        allowed: list[str] = []
+        denial: str | None = None
+        for address in addresses:
+            why = budgets.own_endpoints.denial(address, port) or self._policy(address)
+            if why is None:
+                allowed.append(address)
+            else:
+                denial = denial or why
+        if not allowed:
+            assert denial is not None
+            raise _Denied(denial)
+        allowed = allowed[:MAX_ADDRESSES]
+        # Each further address is a socket that Happy Eyeballs may hold while connecting.
+        extra = len(allowed) - 1
+        refused = budgets.sockets_refusal(extra) if extra else None
+        if refused is not None:
+            raise _Refused(refused)
+        budgets.sockets += extra
+        try:
+            if self.literal is not None:
+                endpoint = config.connect(session.reactor, allowed[0], port, config.connect_timeout)
+            else:
+                reactor = CheckedNames(session.reactor, host, allowed)
+                endpoint = config.connect(reactor, host, port, config.connect_timeout)
+            factory = _SocketFactory(config, self.service, session.reactor)
+            socket = await endpoint.connect(factory)
+            assert isinstance(socket, RemoteSocket)
+        finally:
+            budgets.sockets -= extra
+        return socket
+
+    def _policy(self, address: str) -> str | None:
+        session = self.service.session
+        policy = session.config.policy
+        if IAddressPolicy.providedBy(policy):
+            reason: str | None = policy.check_address(
+                session.identity, self.host, address, self.port
+            )
+            return reason
+        ip = ipaddress.ip_address(address)
+        denial = default_denial(ip)
+        return None if denial is None else f"{address} is {denial}, denied by default"

@@ -18,12 +18,13 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from tcpsocket._timers import use_reactor_timers
 from tcpsocket.bincode import DecodeError
+from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.messages import (
@@ -125,6 +126,10 @@ class SessionProtocol(WebSocketServerProtocol):
     @property
     def congested(self) -> bool:
         return self._congested
+
+    @property
+    def budgets(self) -> Budgets:
+        return self.factory.budgets
 
     def send_response(self, service: int, object_id: int, request: int, content: bytes) -> None:
         self._write_message(encode_response(service, object_id, request, content))
@@ -325,6 +330,12 @@ class SessionProtocol(WebSocketServerProtocol):
             return encode_get_service_response(GetServiceResult.FINGERPRINT_MISMATCH)
         if PERMISSION not in self._permissions:
             return encode_get_service_response(GetServiceResult.MISSING_PERMISSION)
+        if len(self.services) >= self.config.max_services_per_session:
+            limit = self.config.max_services_per_session
+            return encode_get_service_response(
+                GetServiceResult.INTERNAL_ERROR,
+                f"too many services in this session (limit {limit})",
+            )
         service_id = self._next_service_id
         self._next_service_id += 1
         self.services[service_id] = TcpSocketManagerService(self, service_id)
@@ -352,6 +363,8 @@ class SessionFactory(WebSocketServerFactory):
         self.reactor = reactor
         use_reactor_timers(self, reactor)
         self.sessions: set[SessionProtocol] = set()
+        #: What the sessions share: socket, byte and lookup budgets, own endpoints.
+        self.budgets = Budgets(config, reactor)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
@@ -364,6 +377,13 @@ class SessionFactory(WebSocketServerFactory):
             # by dropping the TCP connection.
             failByDrop=False,
         )
+
+    def listening_on(self, address: IAddress) -> None:
+        """Tell the sessions that the daemon listens at ``address`` (a port's ``getHost()``).
+
+        Sessions may never open the daemon's own endpoints.
+        """
+        self.budgets.own_endpoints.add(address)
 
     def websocket_resource(self) -> WebSocketResource:
         """A ``twisted.web`` resource serving this factory's sessions (mount it at ``/ws``)."""

@@ -5,12 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.session import SessionFactory
@@ -45,6 +53,30 @@ class TcpSocketSite(Site):
             reactor=self.session_factory.reactor,
         )
 
+    def listening_on(self, address: IAddress) -> None:
+        """Tell the daemon it listens at ``address`` (a port's ``getHost()``).
+
+        Sessions may never open the daemon's own endpoints; an application
+        that listens with this site itself calls this for each port.
+        """
+        self.session_factory.listening_on(address)
+
+
+@implementer(IStreamServerEndpoint)
+class _Announcing:
+    """An endpoint that tells the site where it ended up listening."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, site: TcpSocketSite) -> None:
+        self._endpoint = endpoint
+        self._site = site
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        def listening(port: IListeningPort) -> IListeningPort:
+            self._site.listening_on(port.getHost())
+            return port
+
+        return self._endpoint.listen(protocolFactory).addCallback(listening)
+
 
 def build_site(config: ServerConfig, reactor: Any = None) -> TcpSocketSite:
     """A Site that serves everything on one port."""
@@ -61,9 +93,15 @@ class TcpSocketService(MultiService):
         reactor: Any = None,
     ) -> None:
         super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
         self.site = build_site(config, reactor)
         for description in listen:
-            strports.service(description, self.site, reactor=reactor).setServiceParent(self)
+            endpoint = _Announcing(serverFromString(reactor, description), self.site)
+            service = StreamServerEndpointService(endpoint, self.site)
+            # As strports.service does: a port that cannot listen fails startService.
+            service._raiseSynchronously = True
+            service.setServiceParent(self)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, end every session, and fire when they are closed.

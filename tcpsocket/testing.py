@@ -71,6 +71,8 @@ from zope.interface import implementer
 
 from tcpsocket.client.session import Session
 from tcpsocket.config import ServerConfig
+from tcpsocket.policy import AllowAll, DestinationPolicy
+from tcpsocket.resolve import FixedResolver
 from tcpsocket.service import check_address
 from tcpsocket.session import SessionProtocol
 from tcpsocket.site import TcpSocketSite
@@ -85,6 +87,8 @@ DEFAULT_URL = "ws://127.0.0.1:8081/ws"
 _Address = IPv4Address | IPv6Address
 _DAEMON_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8081)
 _LOCAL_HOST = "127.0.0.1"
+#: The address every name resolves to in memory (TEST-NET-1, RFC 5737).
+_STAND_IN = "192.0.2.1"
 #: Read size and write-buffer limit of a transport, as in Twisted's FileDescriptor.
 _BUFFER_SIZE = 64 * 1024
 
@@ -460,8 +464,19 @@ class MemoryDaemon:
         elif tokens:
             raise TypeError("give tokens, or a config with its tokens, not both")
         self.clock = clock if clock is not None else Clock()
+        # Every name "resolves" to a documentation address; the connect then
+        # goes to the remote registered under the name.  Without rules of its
+        # own, the policy allows every remote (nothing here reaches a network).
+        policy = config.policy
+        if isinstance(policy, DestinationPolicy) and not (policy.rules or policy.per_identity):
+            policy = AllowAll()
         #: The daemon's configuration (its ``connect`` opens in-memory remotes).
-        self.config = replace(config, connect=self._remote_endpoint)
+        self.config = replace(
+            config,
+            connect=self._remote_endpoint,
+            resolver=FixedResolver(None, [_STAND_IN]),
+            policy=policy,
+        )
         #: The daemon's web site (``/``, ``/ws``, ``/api/v1/``).
         self.site = TcpSocketSite(self.config, reactor=self.clock)
         #: The URL given to :meth:`Session.connect` by :meth:`session`.

@@ -14,11 +14,15 @@ from autobahn.twisted.websocket import (
     WebSocketClientProtocol,
 )
 from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 
 from tcpsocket.config import ServerConfig
+from tcpsocket.policy import DestinationPolicy
 from tcpsocket.site import build_site
 from tcpsocket.tokens import Token, TokenStore
 
@@ -38,12 +42,79 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class NameTable:
+    """A resolver the test controls: no DNS, only the names it was given.
+
+    ``names`` maps a name to its addresses, or to a list of such lists
+    (answered in turn, the last one from then on: DNS rebinding).  A name
+    in ``silent`` is never answered; any other name resolves to nothing.
+    :attr:`asked` records each lookup.
+    """
+
+    def __init__(
+        self, names: dict[str, Any] | None = None, silent: frozenset[str] = frozenset()
+    ) -> None:
+        self.names = dict(names or {})
+        self.silent = silent
+        self.asked: list[str] = []
+        self.unanswered: list[Any] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: Any,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Any = None,
+        transportSemantics: str = "TCP",
+    ) -> Any:
+        self.asked.append(hostName)
+        resolution = _Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        if hostName in self.silent:
+            self.unanswered.append(resolutionReceiver)
+            return resolution
+        answers = self.names.get(hostName, [])
+        if answers and isinstance(answers[0], list):
+            answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        else:
+            answer = answers
+        for address in answer:
+            kind = IPv6Address if ":" in address else IPv4Address
+            resolutionReceiver.addressResolved(kind("TCP", address, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+    def answer_silent(self) -> None:
+        """Finally answer (with nothing) every lookup that was left waiting."""
+        while self.unanswered:
+            self.unanswered.pop().resolutionComplete()
+
+
+#: What :func:`test_config` resolves: localhost, from a table (no DNS in tests).
+LOCALHOST = NameTable({"localhost": ["::1", "127.0.0.1"]})
+
+#: The rules of :func:`test_config`: tests reach their remotes on loopback.
+LOOPBACK_RULES = ("allow 127.0.0.0/8:*", "allow [::1]:*", "allow localhost:*")
+
+
 def test_config(**overrides: Any) -> ServerConfig:
-    """A config with the test tokens."""
+    """A config with the test tokens, whose policy allows loopback (and only loopback)."""
     tokens = TokenStore(
         [Token(TOKEN, "test"), Token(NO_PERMISSION_TOKEN, "nobody", permissions=frozenset())]
     )
-    return ServerConfig(tokens=tokens, **overrides)
+    values: dict[str, Any] = {"policy": DestinationPolicy(LOOPBACK_RULES), "resolver": LOCALHOST}
+    values.update(overrides)
+    return ServerConfig(tokens=tokens, **values)
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
@@ -180,6 +251,7 @@ async def start_daemon(test: Any, **overrides: Any) -> tuple[Any, int]:
     """
     site = build_site(test_config(**overrides))
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+    site.listening_on(port.getHost())
     test.addCleanup(port.stopListening)
     return site, port.getHost().port
 

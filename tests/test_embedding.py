@@ -45,8 +45,9 @@ async def echo_through(test: TestCase, client: RawClient, token: str) -> None:
 class EmbedSiteTests(TestCase):
     async def test_site_example(self) -> None:
         example: dict[str, Any] = runpy.run_path(str(EXAMPLES / "embed_site.py"))
-        site = example["build_app_site"]("app-token", reactor)
+        site, sessions = example["build_app_site"]("app-token", reactor)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        sessions.listening_on(port.getHost())
         self.addCleanup(port.stopListening)
         number = port.getHost().port
 

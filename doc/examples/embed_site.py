@@ -16,7 +16,14 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from tcpsocket import ApiV1Resource, ServerConfig, SessionFactory, Token, TokenStore
+from tcpsocket import (
+    ApiV1Resource,
+    DestinationPolicy,
+    ServerConfig,
+    SessionFactory,
+    Token,
+    TokenStore,
+)
 
 
 class Home(Resource):
@@ -29,30 +36,34 @@ class Home(Resource):
         return b"<!doctype html><title>My app</title><h1>My app</h1>"
 
 
-def build_app_site(token: str, reactor: Any = None) -> Site:
-    """The application's Site, with tcpsocket mounted in it."""
+def build_app_site(token: str, reactor: Any = None) -> tuple[Site, SessionFactory]:
+    """The application's Site, with tcpsocket mounted in it, and tcpsocket's sessions."""
     root = Resource()
     root.putChild(b"", Home())
 
-    config = ServerConfig(tokens=TokenStore([Token(token, identity="my-app")]))
+    # This app's pages reach services on this machine (denied by default).
+    policy = DestinationPolicy(["allow 127.0.0.1:*"])
+    config = ServerConfig(tokens=TokenStore([Token(token, identity="my-app")]), policy=policy)
     sessions = SessionFactory(config, reactor)
     root.putChild(b"ws", sessions.websocket_resource())
     api = Resource()
     api.putChild(b"v1", ApiV1Resource())
     root.putChild(b"api", api)
-    return Site(root)
+    return Site(root), sessions
 
 
-def main(reactor: Any) -> Any:
+async def main(reactor: Any) -> None:
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import serverFromString
 
-    site = build_app_site(os.environ["APP_TOKEN"], reactor)
-    serverFromString(reactor, "tcp:8080:interface=127.0.0.1").listen(site)
-    return Deferred()  # run until interrupted
+    site, sessions = build_app_site(os.environ["APP_TOKEN"], reactor)
+    port = await serverFromString(reactor, "tcp:8080:interface=127.0.0.1").listen(site)
+    sessions.listening_on(port.getHost())  # sessions may never open the app's own port
+    await Deferred()  # run until interrupted
 
 
 if __name__ == "__main__":
+    from twisted.internet.defer import ensureDeferred
     from twisted.internet.task import react
 
-    react(main)
+    react(lambda reactor: ensureDeferred(main(reactor)))
