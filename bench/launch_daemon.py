@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from bench.procstat import raise_nofile_limit
 
@@ -34,6 +35,7 @@ def main() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from tcpsocket.config import ServerConfig
+    from tcpsocket.policy import DestinationPolicy
     from tcpsocket.site import TcpSocketService
     from tcpsocket.tokens import Token, TokenStore
 
@@ -41,7 +43,10 @@ def main() -> None:
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name.replace("-", "_")] = float(value) if "." in value else int(value)
-    config = ServerConfig(tokens=TokenStore([Token(args.token)]), **overrides)  # type: ignore[arg-type]
+    # The benchmark's remotes are on loopback, which the daemon denies by default.
+    overrides_all: dict[str, Any] = {"policy": DestinationPolicy(["allow 127.0.0.1:*"])}
+    overrides_all.update(overrides)
+    config = ServerConfig(tokens=TokenStore([Token(args.token)]), **overrides_all)
     out = sys.stdout if args.logfile == "-" else open(args.logfile, "a")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
     service = TcpSocketService(config, [f"tcp:{args.port}:interface=127.0.0.1"])

@@ -155,7 +155,8 @@ def daemon_command(
     for name, value in settings.items():
         options += [f"--{name.replace('_', '-')}", str(value)]
     listen = f"tcp:{port}:interface=127.0.0.1"
-    tail = ["tcpsocket", "--listen", listen, "--token", TOKEN, *options]
+    # The benchmark's remotes are on loopback, which the daemon denies by default.
+    tail = ["tcpsocket", "--listen", listen, "--token", TOKEN, "--allow", "127.0.0.1:*", *options]
     twistd_head = ["-n", "--pidfile=", "--logfile", "-"]
     if mode in ("auto", "twistd") and set(settings) <= cli_options:
         twistd = _script("twistd")

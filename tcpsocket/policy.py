@@ -274,8 +274,11 @@ class DestinationPolicy:
 
     def check(self, identity: str, host: str, port: int) -> str | None:
         """Before any lookup: deny a name that no rule lets through, without asking DNS."""
+        literal = parse_address(host)
+        if literal is not None:
+            return self.check_address(identity, host, str(literal), port)
         rules = self.rules_for(identity)
-        name = None if parse_address(host) is not None else host.lower()
+        name = host.lower()
         for rule in rules:
             if not rule.port_matches(port):
                 continue

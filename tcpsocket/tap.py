@@ -8,8 +8,9 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
-from tcpsocket.policy import AllowList, Rule
+from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tokens import Token, TokenStore, load_tokens_file
 
@@ -100,6 +101,36 @@ class Options(usage.Options):
             "Bytes queued towards a client above which its remotes stop being read.",
             _positive_int,
         ],
+        [
+            "max-sockets",
+            None,
+            16384,
+            "Sockets of all sessions together (lowered to fit the open files limit).",
+            _positive_int,
+        ],
+        [
+            "max-session-send-buffer",
+            None,
+            64 * 1024 * 1024,
+            "Unsent bytes of all sockets of one session above which send() fails.",
+            _positive_int,
+        ],
+        [
+            "max-total-send-buffer",
+            None,
+            512 * 1024 * 1024,
+            "Unsent bytes of all sockets of all sessions above which send() fails.",
+            _positive_int,
+        ],
+        ["max-services-per-session", None, 64, "Services (GetService) per session.", _positive_int],
+        [
+            "max-lookups-per-session",
+            None,
+            4,
+            "Name lookups in progress at once per session.",
+            _positive_int,
+        ],
+        ["max-lookups", None, 32, "Name lookups in progress at once in all.", _positive_int],
     ]
 
     def __init__(self) -> None:
@@ -117,10 +148,20 @@ class Options(usage.Options):
         self["token"].append(value)
 
     def opt_allow(self, rule: str) -> None:
-        """Allow only matching remotes, HOST:PORTS, repeatable (e.g. '*.example.org:993,143',
-        '10.0.0.0/8:*', '[::1]:6667'); without it every remote is allowed."""
+        """Allow remotes matching HOST:PORTS, repeatable, e.g. '*.example.org:993,143',
+        '10.0.0.0/8:*', '127.0.0.1:*', 'localhost:143'. Rules are tried in order, first match
+        wins; with an allow rule, only allowed remotes may be opened. Loopback, private,
+        link-local and other non-global addresses are denied unless an address rule or an exact
+        name allows them (doc/destinations.md)."""
+        self._rule(rule, allow=True)
+
+    def opt_deny(self, rule: str) -> None:
+        """Deny remotes matching HOST:PORTS, repeatable, e.g. '*:25' (in order with --allow)."""
+        self._rule(rule, allow=False)
+
+    def _rule(self, text: str, allow: bool) -> None:
         try:
-            self["allow"].append(Rule.parse(rule))
+            self["allow"].append(Rule.parse(text, allow=allow))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -132,9 +173,14 @@ class Options(usage.Options):
                 tokens.add(Token(environment))
             for value in self["token"]:
                 tokens.add(Token(value, identity="command-line"))
+            per_identity: dict[str, tuple[Rule, ...]] = {}
             if self["tokens-file"]:
                 for token in load_tokens_file(self["tokens-file"]):
                     tokens.add(token)
+                    if per_identity.setdefault(token.identity, token.rules) != token.rules:
+                        raise ValueError(
+                            f"tokens of identity {token.identity!r} have different rules"
+                        )
             config_values: dict[str, Any] = {
                 name.replace("-", "_"): self[name]
                 for name in (
@@ -147,10 +193,17 @@ class Options(usage.Options):
                     "high-water-mark",
                     "max-send-buffer",
                     "session-buffer",
+                    "max-sockets",
+                    "max-session-send-buffer",
+                    "max-total-send-buffer",
+                    "max-services-per-session",
+                    "max-lookups-per-session",
+                    "max-lookups",
                 )
             }
-            if self["allow"]:
-                config_values["policy"] = AllowList(self["allow"])
+            config_values["policy"] = DestinationPolicy(
+                self["allow"], {k: v for k, v in per_identity.items() if v}
+            )
             if not len(tokens):
                 raise usage.UsageError(_NO_TOKEN)
             self["config"] = ServerConfig(tokens=tokens, **config_values)
@@ -161,5 +214,6 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    """Build the daemon's service from parsed options."""
+    """Build the daemon's service from parsed options (raising the open files limit first)."""
+    raise_nofile_limit()
     return TcpSocketService(options["config"], options["listen"])

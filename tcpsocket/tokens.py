@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from tcpsocket.interfaces import IToken, ITokenStore
 from tcpsocket.messages import PERMISSION
+from tcpsocket.policy import Rule
 
 #: The identity of the token taken from ``WS_RUNTIME_TOKEN``.
 DESKTOP_IDENTITY = "desktop"
@@ -29,6 +30,8 @@ class Token:
     single_use: bool = False
     #: If not empty, the only web origins (``https://app.example``) it is valid from.
     origins: frozenset[str] = frozenset()
+    #: Destination rules of this token's sessions, tried before the global ones.
+    rules: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origins", frozenset(o.lower() for o in self.origins))
@@ -70,7 +73,7 @@ class TokenStore:
 
 def token_from_json(entry: Mapping[str, Any]) -> Token:
     """Build a token from one entry of a tokens file."""
-    unknown = set(entry) - {"token", "identity", "permissions", "single_use", "origins"}
+    unknown = set(entry) - {"token", "identity", "permissions", "single_use", "origins", "rules"}
     if unknown:
         raise ValueError(f"unknown token fields: {', '.join(sorted(unknown))}")
     value = entry.get("token")
@@ -88,7 +91,11 @@ def token_from_json(entry: Mapping[str, Any]) -> Token:
         raise ValueError("'single_use' must be true or false")
     if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
         raise ValueError("'origins' must be a list of strings")
-    return Token(value, identity, frozenset(permissions), single_use, frozenset(origins))
+    rules = entry.get("rules", [])
+    if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+        raise ValueError("'rules' must be a list of strings such as 'allow localhost:143'")
+    parsed = tuple(Rule.parse(rule) for rule in rules)
+    return Token(value, identity, frozenset(permissions), single_use, frozenset(origins), parsed)
 
 
 def load_tokens_file(path: str | Path) -> list[Token]:

@@ -168,11 +168,14 @@ class OptionsTests(SynchronousTestCase):
         )["config"].policy
         self.assertIsInstance(policy, AllowList)
         self.assertIsNone(policy.check("", "imap.example.org", 993))
-        self.assertIsNotNone(policy.check("", "imap.example.org", 25))
+        self.assertIsNotNone(policy.check_address("", "imap.example.org", "93.184.216.34", 25))
         self.assertIsNone(policy.check("", "10.2.3.4", 1))
         self.assertIsNone(policy.check("", "::1", 6667))
         self.assertIsNotNone(policy.check("", "11.0.0.1", 80))
-        self.assertIsNotNone(policy.check("", "example.org", 993))
+        # Address rules judge what a name resolves to (after the lookup).
+        self.assertIsNone(policy.check("", "example.org", 993))
+        self.assertIsNotNone(policy.check_address("", "example.org", "93.184.216.34", 993))
+        self.assertIsNone(policy.check_address("", "intranet", "10.1.1.1", 22))
 
     def test_make_service(self) -> None:
         service = makeService(parse("--token", "t", "--listen", "tcp:0", "--listen", "tcp:0"))
