@@ -112,9 +112,13 @@ def test_config(**overrides: Any) -> ServerConfig:
     tokens = TokenStore(
         [Token(TOKEN, "test"), Token(NO_PERMISSION_TOKEN, "nobody", permissions=frozenset())]
     )
-    values: dict[str, Any] = {"policy": DestinationPolicy(LOOPBACK_RULES), "resolver": LOCALHOST}
+    values: dict[str, Any] = {
+        "tokens": tokens,
+        "policy": DestinationPolicy(LOOPBACK_RULES),
+        "resolver": LOCALHOST,
+    }
     values.update(overrides)
-    return ServerConfig(tokens=tokens, **values)
+    return ServerConfig(**values)
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
