@@ -1,0 +1,246 @@
+"""Budgets after authentication, against a real daemon on loopback."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from tcpsocket.budgets import FD_RESERVE, raise_nofile_limit
+from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.messages import (
+    Event,
+    GetService,
+    GetServiceResult,
+    Reply,
+    decode_core_response,
+)
+from tests.session_helpers import (
+    KiB,
+    MiB,
+    PausedSink,
+    SessionClient,
+    free_port,
+    listen_small,
+    live_sessions,
+    manager,
+    only,
+    pattern,
+    session,
+    shrink_send_buffer_of,
+)
+from tests.support import TOKEN, Echo, NameTable, listen_remote, start_daemon, wait_until
+
+ROOT = Path(__file__).parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+async def open_detail(client: SessionClient, service: int, host: str, port: int) -> str:
+    reply = await client.open(service, host, port)
+    assert reply.reply is Reply.OPEN_ERROR, reply
+    assert isinstance(reply.detail, str)
+    return reply.detail
+
+
+class LookupTests(TestCase):
+    async def test_lookups_that_never_answer_do_not_starve_other_sessions(self) -> None:
+        _, remote_port = await listen_remote(self, Echo)
+        resolver = NameTable({"ok.example": ["127.0.0.1"]}, silent=frozenset({"hang.example"}))
+        self.addCleanup(resolver.answer_silent)
+        site, port = await start_daemon(
+            self,
+            resolver=resolver,
+            connect_timeout=30,
+            max_lookups_per_session=4,
+            max_lookups=12,
+        )
+        attacker, service = await manager(self, port)
+        pending = [
+            defer.ensureDeferred(attacker.open(service, "hang.example", 80)) for _ in range(40)
+        ]
+        replies = await defer.gatherResults(pending[4:])
+        for reply in replies:
+            self.assertEqual(reply.reply, Reply.OPEN_ERROR)
+            self.assertEqual(
+                reply.detail, "too many name lookups in progress in this session (limit 4)"
+            )
+        self.assertEqual(resolver.asked, ["hang.example"] * 4)
+        # Another session's lookups still work at once.
+        victim, victim_service = await manager(self, port)
+        await victim.open_ok(victim_service, remote_port, host="ok.example")
+        # The held lookups end when the resolver answers (here: with nothing).
+        resolver.answer_silent()
+        for reply in await defer.gatherResults(pending[:4]):
+            self.assertEqual(reply.detail, "host name lookup failed (hang.example port 80)")
+        self.assertEqual(site.session_factory.budgets.lookups.in_progress, 0)
+
+    async def test_global_lookup_cap_answers_at_once(self) -> None:
+        resolver = NameTable(silent=frozenset({"hang.example"}))
+        self.addCleanup(resolver.answer_silent)
+        _, port = await start_daemon(
+            self, resolver=resolver, max_lookups_per_session=2, max_lookups=2
+        )
+        first, service = await manager(self, port)
+        held = [defer.ensureDeferred(first.open(service, "hang.example", 80)) for _ in range(2)]
+        second, other = await manager(self, port)
+        detail = await open_detail(second, other, "hang.example", 80)
+        self.assertEqual(detail, "too many name lookups in progress (daemon limit 2)")
+        resolver.answer_silent()
+        await defer.gatherResults(held)
+
+    async def test_lookup_timeout_answers_the_open(self) -> None:
+        resolver = NameTable(silent=frozenset({"hang.example"}))
+        self.addCleanup(resolver.answer_silent)
+        _, port = await start_daemon(self, resolver=resolver, connect_timeout=0.2)
+        client, service = await manager(self, port)
+        detail = await open_detail(client, service, "hang.example", 80)
+        self.assertEqual(detail, "connect timeout (hang.example port 80)")
+
+
+class SocketBudgetTests(TestCase):
+    async def test_total_sockets_across_sessions(self) -> None:
+        _, remote_port = await listen_remote(self, Echo)
+        site, port = await start_daemon(self, max_sockets=3)
+        first, service = await manager(self, port)
+        await first.open_ok(service, remote_port)
+        kept = await first.open_ok(service, remote_port, events=(Event.CLOSE,))
+        second, other = await manager(self, port)
+        await second.open_ok(other, remote_port)
+        detail = await open_detail(second, other, "127.0.0.1", remote_port)
+        self.assertEqual(detail, "too many sockets open in the daemon (limit 3)")
+        self.assertTrue(await first.release(service, kept))
+        await second.open_ok(other, remote_port)
+        self.assertEqual(site.session_factory.budgets.sockets, 3)
+
+    async def test_services_per_session(self) -> None:
+        _, port = await start_daemon(self, max_services_per_session=3)
+        client = await session(self, port)
+        ids = [await client.get_service() for _ in range(3)]
+        content = await client.request(
+            0, 0, GetService("TcpSocketManager", TCPSOCKET_FINGERPRINT).encode()
+        )
+        response = decode_core_response(content)
+        self.assertEqual(response.result, GetServiceResult.INTERNAL_ERROR)
+        self.assertEqual(response.value, "too many services in this session (limit 3)")
+        self.assertTrue(await client.release(ids[0], 0))
+        await client.get_service()
+        client.assert_one_response_each()
+
+
+class UpstreamBudgetTests(TestCase):
+    async def fill_until_error(self, client: SessionClient, service: int, socket_id: int) -> str:
+        for seed in range(1, 1000):
+            reply = await client.send(service, socket_id, pattern(128 * KiB, seed))
+            if reply.reply is Reply.SEND_ERROR:
+                assert reply.detail is not None
+                return reply.detail
+        raise AssertionError("send never failed")
+
+    async def stalled_socket(self, site: Any, client: SessionClient, service: int) -> int:
+        """A socket to a remote that does not read, with a small kernel send buffer."""
+        factory, remote_port = await listen_small(self, PausedSink)
+        socket_id = await client.open_ok(service, remote_port, events=tuple(Event))
+        await wait_until(lambda: len(factory.connections) == 1)
+        peer = only(factory.connections).transport.getPeer().port
+        for daemon_session in live_sessions(site):
+            for daemon_socket in daemon_session.services[service].sockets.values():
+                if daemon_socket.transport.getHost().port == peer:
+                    shrink_send_buffer_of(daemon_socket.transport)
+        return socket_id
+
+    async def test_per_session_upstream_bytes(self) -> None:
+        site, port = await start_daemon(self, max_session_send_buffer=1 * MiB)
+        client, service = await manager(self, port)
+        sockets = [await self.stalled_socket(site, client, service) for _ in range(3)]
+        detail = await self.fill_until_error(client, service, sockets[0])
+        self.assertIn("session send buffers full", detail)
+        self.assertIn(f"limit {MiB}", detail)
+        # The session's other sockets share the budget; a tiny send still fits.
+        detail = await self.fill_until_error(client, service, sockets[1])
+        self.assertIn("session send buffers full", detail)
+        held = sum(s.queued_upstream for s in site.session_factory.budgets._holding)
+        self.assertLessEqual(held, MiB)
+        # Another session has its own budget.
+        other, other_service = await manager(self, port)
+        socket_id = await self.stalled_socket(site, other, other_service)
+        reply = await other.send(other_service, socket_id, pattern(128 * KiB))
+        self.assertEqual(reply.reply, Reply.SEND_SUCCESS)
+
+    async def test_total_upstream_bytes(self) -> None:
+        site, port = await start_daemon(self, max_total_send_buffer=1 * MiB)
+        first, service = await manager(self, port)
+        socket_id = await self.stalled_socket(site, first, service)
+        detail = await self.fill_until_error(first, service, socket_id)
+        self.assertIn("daemon send buffers full", detail)
+        second, other = await manager(self, port)
+        socket_id = await self.stalled_socket(site, second, other)
+        detail = await self.fill_until_error(second, other, socket_id)
+        self.assertIn("daemon send buffers full", detail)
+        held = sum(s.queued_upstream for s in site.session_factory.budgets._holding)
+        self.assertLessEqual(held, MiB)
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+class NofileTests(TestCase):
+    def test_raise_nofile_limit(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        self.assertEqual(raise_nofile_limit(), hard)
+
+    async def test_sockets_capped_below_a_low_nofile(self) -> None:
+        """Under ``ulimit -n 200`` the daemon caps sockets, and new clients still get in."""
+        _, remote_port = await listen_remote(self, Echo)
+        number = free_port()
+        collect = _Collect()
+        low = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)); "
+        args = [sys.executable, "-c", low + TWISTD[2], "-n", "--pidfile=", "tcpsocket"]
+        args += ["--listen", f"tcp:{number}"]
+        args += ["--token", TOKEN, "--allow", "127.0.0.1:*", "--max-sessions", "8"]
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
+            collect, sys.executable, args, env=dict(os.environ), path=str(ROOT)
+        )
+
+        async def stop() -> None:
+            if not collect.ended.called:
+                process.signalProcess(signal.SIGKILL)
+                await collect.ended
+
+        self.addCleanup(lambda: defer.ensureDeferred(stop()))
+        await wait_until(lambda: b"starting on" in collect.output or collect.ended.called, 30)
+        self.assertFalse(collect.ended.called, collect.output.decode())
+        limit = 200 - FD_RESERVE - 8
+        client, service = await manager(self, number)
+        for _ in range(limit):
+            await client.open_ok(service, remote_port)
+        detail = await open_detail(client, service, "127.0.0.1", remote_port)
+        self.assertEqual(detail, f"too many sockets open in the daemon (limit {limit})")
+        # Still room for new sessions, which get the same clean error.
+        for _ in range(6):
+            other, other_service = await manager(self, number)
+            detail = await open_detail(other, other_service, "127.0.0.1", remote_port)
+            self.assertIn("too many sockets open in the daemon", detail)
+        self.assertIn(f"at most {limit} remote sockets in total", collect.output.decode())
+        self.assertNotIn("EMFILE", collect.output.decode())
+        self.assertNotIn("Too many open files", collect.output.decode())
