@@ -23,6 +23,7 @@ setup(
             "twisted[tls]",
             "pytest",
             "pytest-twisted",
+            "hypothesis",
             "pytest-cov",
             "playwright",
             "mypy",
