@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import shlex
 import socket
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +22,10 @@ from tcpsocket.policy import (
     default_denial,
     parse_address,
 )
+from tcpsocket.tap import Options
 from tcpsocket.tokens import token_from_json
+
+DOC = Path(__file__).parent.parent / "doc"
 
 _IPV4_DENIED = [net for net, _ in DEFAULT_DENIED if net.version == 4]
 
@@ -186,3 +192,32 @@ class OwnEndpointsTests(SynchronousTestCase):
         self.assertIsNotNone(own.denial("127.0.0.1", 8443))
         self.assertIsNotNone(own.denial("::", 8443))
         self.assertIsNone(own.denial("93.184.216.34", 8443))
+
+
+class DocumentationTests(SynchronousTestCase):
+    """The examples of doc/destinations.md and doc/operators.md are what the code takes."""
+
+    def test_tokens_file_example(self) -> None:
+        example = DOC / "examples" / "tokens-rules.json"
+        text = (DOC / "destinations.md").read_text()
+        self.assertIn(example.read_text().strip(), text)
+        options = Options()
+        options.parseOptions(["--tokens-file", str(example), "--allow", "*:*"])
+        policy = options["config"].policy
+        self.assertIsNone(policy.check_address("mail-app", "localhost", "127.0.0.1", 143))
+        self.assertIsNone(policy.check_address("mail-app", "example.org", "93.184.216.34", 80))
+        self.assertIsNotNone(policy.check_address("mail-app", "localhost", "127.0.0.1", 22))
+        self.assertIsNotNone(policy.check_address("viewer", "example.org", "93.184.216.34", 993))
+
+    def test_command_lines(self) -> None:
+        for page in ("destinations.md", "operators.md"):
+            blocks = re.findall(r"```sh\n(.*?)```", (DOC / page).read_text(), re.S)
+            lines = [b.strip() for b in blocks if "--allow" in b]
+            self.assertTrue(lines, page)
+            for line in lines:
+                words = shlex.split(line)
+                options = Options()
+                options.parseOptions(["--token", "t" * 16, *words[words.index("tcpsocket") + 1 :]])
+                policy = options["config"].policy
+                self.assertIsNone(policy.check_address("x", "localhost", "127.0.0.1", 143))
+                self.assertIsNotNone(policy.check_address("x", "mx.example", "93.184.216.34", 25))

@@ -152,6 +152,10 @@ class OptionsTests(SynchronousTestCase):
             ("--allow", "nocolon"),
             ("--allow", "host:0"),
             ("--allow", "host:9-x"),
+            ("--allow", "10.0.0.0/33:22"),
+            ("--allow", "a host:22"),
+            ("--deny", "256.1.1.1:*"),
+            ("--max-lookups", "0"),
         ):
             self.assertRaises(usage.UsageError, parse, "--token", "t", *args)
 
@@ -218,6 +222,13 @@ class TwistdTests(TestCase):
             "--max-send-buffer",
             "--session-buffer",
             "--allow",
+            "--deny",
+            "--max-sockets",
+            "--max-session-send-buffer",
+            "--max-total-send-buffer",
+            "--max-services-per-session",
+            "--max-lookups-per-session",
+            "--max-lookups",
             "WS_RUNTIME_TOKEN",
         ):
             self.assertIn(option, text)
