@@ -11,6 +11,7 @@ their own session's slots (and, in total, at most the global cap).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -74,6 +75,7 @@ class Lookups:
         resolver: IHostnameResolver | None,
         per_owner: int,
         total: int,
+        getaddrinfo: Any = socket.getaddrinfo,
     ) -> None:
         self._reactor = reactor
         self.per_owner = per_owner
@@ -81,14 +83,22 @@ class Lookups:
         self.in_progress = 0
         self._by_owner: Counter[object] = Counter()
         self._pool: ThreadPool | None = None
-        self._resolver = resolver or GAIResolver(reactor, getThreadPool=self._thread_pool)
+        self._resolver = resolver or GAIResolver(
+            reactor, getThreadPool=self._thread_pool, getaddrinfo=getaddrinfo
+        )
 
     def _thread_pool(self) -> ThreadPool:
         if self._pool is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=self.total, name="tcpsocket-lookups")
             self._pool.start()
-            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
         return self._pool
+
+    def stop(self) -> None:
+        """Stop the lookup threads (done at reactor shutdown)."""
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
     def in_progress_for(self, owner: object) -> int:
         return self._by_owner[owner]

@@ -53,7 +53,8 @@ class Options(usage.Options):
             None,
             None,
             'JSON list of tokens: [{"token": "...", "identity": "app", '
-            '"permissions": ["tcp-socket"], "single_use": false}, ...].',
+            '"permissions": ["tcp-socket"], "single_use": false, '
+            '"rules": ["allow localhost:143"]}, ...].',
         ],
         ["connect-timeout", None, 10.0, "Seconds an open() may take to connect.", _positive_float],
         [
@@ -148,12 +149,15 @@ class Options(usage.Options):
         self["token"].append(value)
 
     def opt_allow(self, rule: str) -> None:
-        """Allow remotes matching HOST:PORTS, repeatable, e.g. '*.example.org:993,143',
-        '10.0.0.0/8:*', '127.0.0.1:*', 'localhost:143'. Rules are tried in order, first match
-        wins; with an allow rule, only allowed remotes may be opened. Loopback, private,
-        link-local and other non-global addresses are denied unless an address rule or an exact
-        name allows them (doc/destinations.md)."""
         self._rule(rule, allow=True)
+
+    opt_allow.__doc__ = (
+        "Allow remotes matching HOST:PORTS, repeatable, e.g. '*.example.org:993,143', "
+        "'10.0.0.0/8:*', '127.0.0.1:*', 'localhost:143'. Rules are tried in order, first match "
+        "wins; with an allow rule, only allowed remotes may be opened. Loopback, private, "
+        "link-local and other non-global addresses are denied unless an address rule or an "
+        "exact name allows them (doc/destinations.md)."
+    )
 
     def opt_deny(self, rule: str) -> None:
         """Deny remotes matching HOST:PORTS, repeatable, e.g. '*:25' (in order with --allow)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -23,6 +25,7 @@ from tcpsocket.messages import (
     Reply,
     decode_core_response,
 )
+from tcpsocket.resolve import LookupRefused, Lookups
 from tests.session_helpers import (
     KiB,
     MiB,
@@ -118,7 +121,12 @@ class SocketBudgetTests(TestCase):
         self.assertEqual(detail, "too many sockets open in the daemon (limit 3)")
         self.assertTrue(await first.release(service, kept))
         await second.open_ok(other, remote_port)
-        self.assertEqual(site.session_factory.budgets.sockets, 3)
+        budgets = site.session_factory.budgets
+        self.assertEqual(budgets.sockets, 3)
+        # Every socket is given back when the sessions end.
+        first.raw.sendClose(1000)
+        second.raw.sendClose(1000)
+        await wait_until(lambda: budgets.sockets == 0)
 
     async def test_services_per_session(self) -> None:
         _, port = await start_daemon(self, max_services_per_session=3)
@@ -244,3 +252,38 @@ class NofileTests(TestCase):
         self.assertIn(f"at most {limit} remote sockets in total", collect.output.decode())
         self.assertNotIn("EMFILE", collect.output.decode())
         self.assertNotIn("Too many open files", collect.output.decode())
+
+
+class DefaultResolverTests(TestCase):
+    """The default resolver: getaddrinfo on the daemon's own threads (a fake getaddrinfo here)."""
+
+    async def test_own_thread_pool_capped(self) -> None:
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        names: list[str] = []
+
+        def getaddrinfo(host: str, port: int, *args: object) -> list[tuple[object, ...]]:
+            names.append(threading.current_thread().name)
+            if host == "hang.example":
+                release.wait(30)
+                return []
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+        lookups = Lookups(reactor, None, per_owner=2, total=2, getaddrinfo=getaddrinfo)
+        self.addCleanup(lookups.stop)
+        self.assertEqual(await lookups.lookup("a", "ok.example", 80), ["127.0.0.1"])
+        hanging = [lookups.lookup(owner, "hang.example", 80) for owner in ("a", "b")]
+        with self.assertRaises(LookupRefused) as refused:
+            lookups.lookup("c", "ok.example", 80)
+        detail = "too many name lookups in progress (daemon limit 2)"
+        self.assertEqual(str(refused.exception), detail)
+        # The lookups ran on the daemon's pool; the reactor's is free.
+        self.assertTrue(all("tcpsocket-lookups" in name for name in names), names)
+        self.assertEqual(await threads.deferToThread(lambda: 7), 7)
+        release.set()
+        for pending in hanging:
+            with self.assertRaises(LookupRefused):
+                await pending
+        self.assertEqual(lookups.in_progress, 0)
+        self.assertEqual(await lookups.lookup("c", "ok.example", 80), ["127.0.0.1"])

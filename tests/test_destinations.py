@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
@@ -153,6 +154,9 @@ class DefaultDenialTests(TestCase):
             await echo_once(self, client, service, host, remote_port)
 
     async def test_wildcard_name_rule_never_reaches_loopback(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         factory, remote_port = await listen_remote(self, Echo)
         policy = DestinationPolicy(["allow *.example.org:*"])
         _, port = await start_daemon(self, policy=policy, resolver=NameTable(NAMES))
@@ -162,6 +166,10 @@ class DefaultDenialTests(TestCase):
             detail,
             "not allowed: evil.example.org (127.0.0.1) is loopback, denied by default "
             "(a pattern rule such as 'allow *.example.org:*' does not lift that)",
+        )
+        # Logged with the token's identity.
+        self.assertIn(
+            "test denied evil.example.org port", "\n".join(formatEvent(e) for e in events)
         )
         # Not in the allow list at all: denied before any lookup.
         detail = await open_detail(client, service, "other.example.com", remote_port)
