@@ -98,6 +98,10 @@ class Budgets:
             return f"daemon send buffers full: {total} bytes waiting, limit {limit}"
         return None
 
+    def forget(self, socket: _Holder) -> None:
+        """``socket`` is gone: it holds nothing any more."""
+        self._holding.pop(socket, None)
+
     def holding(self, session: object, socket: _Holder) -> None:
         """Note that ``socket`` (of ``session``) may now hold upstream bytes."""
         if socket.queued_upstream:

@@ -127,6 +127,7 @@ class TcpSocketManagerService(SocketOwner):
         if self.sockets.pop(socket.socket_id, None) is not None:
             self.session.sockets_in_use -= 1
             self.session.budgets.sockets -= 1
+            self.session.budgets.forget(socket)
 
     @property
     def congested(self) -> bool:
@@ -214,6 +215,7 @@ class TcpSocketManagerService(SocketOwner):
     def _detach(self, socket: RemoteSocket) -> None:
         self.session.sockets_in_use -= 1
         self.session.budgets.sockets -= 1
+        self.session.budgets.forget(socket)
         socket.detach()
 
     def _respond(self, object_id: int, request_id: int, content: bytes) -> None:

@@ -194,6 +194,10 @@ class UpstreamBudgetTests(TestCase):
         self.assertIn("daemon send buffers full", detail)
         held = sum(s.queued_upstream for s in site.session_factory.budgets._holding)
         self.assertLessEqual(held, MiB)
+        # Sockets that are gone are forgotten (no reference kept).
+        first.raw.sendClose(1000)
+        second.raw.sendClose(1000)
+        await wait_until(lambda: not site.session_factory.budgets._holding)
 
 
 class _Collect(ProcessProtocol):
