@@ -45,25 +45,31 @@ class _Holder(Protocol):
 class Budgets:
     """The daemon-wide limits of one ``SessionFactory``."""
 
-    def __init__(self, config: ServerConfig, reactor: Any) -> None:
+    def __init__(self, config: ServerConfig, reactor: Any, nofile: int | None = None) -> None:
         self.config = config
         #: Where the daemon listens (sessions may never open these).
         self.own_endpoints = OwnEndpoints()
         self.lookups = Lookups(
             reactor, config.resolver, config.max_lookups_per_session, config.max_lookups
         )
-        self.nofile = nofile_limit()
-        from_nofile = self.nofile - FD_RESERVE - config.max_sessions
+        #: The open files limit the caps are fitted to (this process's soft limit).
+        self.nofile = nofile if nofile is not None else nofile_limit()
+        available = max(2, self.nofile - FD_RESERVE)
+        #: Sessions allowed at once: ``max_sessions``, unless the open files limit
+        #: cannot also hold a socket for each; then a quarter of what it can hold.
+        self.max_sessions = config.max_sessions
+        if 2 * config.max_sessions > available:
+            self.max_sessions = max(1, available // 4)
         #: Sockets (connected or connecting, each connect attempt counts) allowed in total.
-        self.max_sockets = max(1, min(config.max_sockets, from_nofile))
-        if from_nofile < config.max_sockets:
+        self.max_sockets = max(1, min(config.max_sockets, available - self.max_sessions))
+        if self.max_sessions < config.max_sessions or self.max_sockets < config.max_sockets:
             log.info(
-                "at most {n} remote sockets in total: the open files limit is {nofile} "
-                "({reserve} reserved, {sessions} for sessions)",
+                "at most {sessions} sessions and {n} remote sockets in total: the open files "
+                "limit is {nofile} ({reserve} kept for listening ports, HTTP and logs)",
+                sessions=self.max_sessions,
                 n=self.max_sockets,
                 nofile=self.nofile,
                 reserve=FD_RESERVE,
-                sessions=config.max_sessions,
             )
         self.sockets = 0
         # Sockets holding upstream bytes, and whose session they belong to.

@@ -145,7 +145,7 @@ class SessionProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = request.peer
         self._origin = request.origin
-        if len(self.factory.sessions) >= self.config.max_sessions:
+        if len(self.factory.sessions) >= self.factory.budgets.max_sessions:
             log.warn("refused session from {peer}: too many sessions", peer=request.peer)
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
         self.factory.sessions.add(self)

@@ -73,7 +73,13 @@ class Options(usage.Options):
             _positive_float,
         ],
         ["max-sockets-per-session", None, 256, "Open sockets allowed per session.", _positive_int],
-        ["max-sessions", None, 1024, "Concurrent sessions allowed.", _positive_int],
+        [
+            "max-sessions",
+            None,
+            1024,
+            "Concurrent sessions allowed (lowered to fit the open files limit).",
+            _positive_int,
+        ],
         [
             "max-message-size",
             None,

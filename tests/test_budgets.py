@@ -16,7 +16,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tcpsocket.budgets import FD_RESERVE, raise_nofile_limit
+from tcpsocket.budgets import Budgets, raise_nofile_limit
+from tcpsocket.config import ServerConfig
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.messages import (
     Event,
@@ -26,6 +27,7 @@ from tcpsocket.messages import (
     decode_core_response,
 )
 from tcpsocket.resolve import LookupRefused, Lookups
+from tcpsocket.tokens import TokenStore
 from tests.session_helpers import (
     KiB,
     MiB,
@@ -221,15 +223,20 @@ class NofileTests(TestCase):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
         self.assertEqual(raise_nofile_limit(), hard)
 
-    async def test_sockets_capped_below_a_low_nofile(self) -> None:
-        """Under ``ulimit -n 200`` the daemon caps sockets, and new clients still get in."""
+    async def test_four_sessions_of_256_sockets_under_nofile_1024(self) -> None:
+        """The attack of issue 7: under ``ulimit -n 1024``, sessions open 256 sockets each.
+
+        With the default options, the daemon fits its session and socket caps
+        to the limit: the sockets past the cap get a clean error, and a new
+        client still gets its session (no EMFILE, nobody dropped).
+        """
         _, remote_port = await listen_remote(self, Echo)
         number = free_port()
         collect = _Collect()
-        low = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)); "
+        low = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)); "
         args = [sys.executable, "-c", low + TWISTD[2], "-n", "--pidfile=", "tcpsocket"]
-        args += ["--listen", f"tcp:{number}"]
-        args += ["--token", TOKEN, "--allow", "127.0.0.1:*", "--max-sessions", "8"]
+        args += ["--listen", f"tcp:{number}:interface=127.0.0.1"]
+        args += ["--token", TOKEN, "--allow", "127.0.0.1:*", "--max-sockets-per-session", "256"]
         process = reactor.spawnProcess(  # type: ignore[attr-defined]
             collect, sys.executable, args, env=dict(os.environ), path=str(ROOT)
         )
@@ -242,19 +249,33 @@ class NofileTests(TestCase):
         self.addCleanup(lambda: defer.ensureDeferred(stop()))
         await wait_until(lambda: b"starting on" in collect.output or collect.ended.called, 30)
         self.assertFalse(collect.ended.called, collect.output.decode())
-        limit = 200 - FD_RESERVE - 8
-        client, service = await manager(self, number)
-        for _ in range(limit):
-            await client.open_ok(service, remote_port)
-        detail = await open_detail(client, service, "127.0.0.1", remote_port)
-        self.assertEqual(detail, f"too many sockets open in the daemon (limit {limit})")
-        # Still room for new sessions, which get the same clean error.
-        for _ in range(6):
-            other, other_service = await manager(self, number)
-            detail = await open_detail(other, other_service, "127.0.0.1", remote_port)
-            self.assertIn("too many sockets open in the daemon", detail)
-        self.assertIn(f"at most {limit} remote sockets in total", collect.output.decode())
-        self.assertNotIn("EMFILE", collect.output.decode())
+        budgets = Budgets(ServerConfig(tokens=TokenStore()), reactor, nofile=1024)
+        sessions, limit = budgets.max_sessions, budgets.max_sockets
+        self.assertEqual((sessions, limit), (224, 672))
+        self.assertIn(
+            f"at most {sessions} sessions and {limit} remote sockets", collect.output.decode()
+        )
+        opened = 0
+        for _ in range(4):
+            client, service = await manager(self, number)
+            replies = await defer.gatherResults(
+                [
+                    defer.ensureDeferred(client.open(service, "127.0.0.1", remote_port))
+                    for _ in range(256)
+                ]
+            )
+            for reply in replies:
+                if reply.reply is Reply.OPEN_SUCCESS:
+                    opened += 1
+                else:
+                    self.assertEqual(
+                        reply.detail, f"too many sockets open in the daemon (limit {limit})"
+                    )
+        self.assertEqual(opened, limit)
+        # A new client still gets in, and a clean error.
+        other, other_service = await manager(self, number)
+        detail = await open_detail(other, other_service, "127.0.0.1", remote_port)
+        self.assertIn("too many sockets open in the daemon", detail)
         self.assertNotIn("Too many open files", collect.output.decode())
 
 
