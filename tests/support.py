@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -17,7 +18,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
@@ -327,3 +328,56 @@ def drop_at_cleanup(test: Any, client: RawClient) -> None:
             await client.closed
 
     test.addCleanup(lambda: defer.ensureDeferred(drop()))
+
+
+# -- twistd tcpsocket as a process ---------------------------------------------
+
+ROOT = Path(__file__).parent.parent
+#: Runs ``twistd`` from the source tree (the in-tree plugin, this worktree's code).
+TWISTD_CODE = "from twisted.scripts.twistd import run; run()"
+
+
+class ProcessOutput(ProcessProtocol):
+    """Collects a process's stdout and stderr; ``ended`` fires when it exits."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+
+async def start_twistd(
+    test: Any, port: int, *options: str, nofile: int | None = None
+) -> ProcessOutput:
+    """Run ``twistd -n tcpsocket --listen tcp:PORT:interface=127.0.0.1 OPTIONS`` until cleanup.
+
+    With ``nofile``, the process runs under that open files limit (soft and hard).
+    Returns once it listens.
+    """
+    code = TWISTD_CODE
+    if nofile is not None:
+        limit = f"({nofile}, {nofile})"
+        code = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, {limit}); {code}"
+    args = [sys.executable, "-c", code, "-n", "--pidfile=", "tcpsocket"]
+    args += ["--listen", f"tcp:{port}:interface=127.0.0.1", *options]
+    collect = ProcessOutput()
+    process = reactor.spawnProcess(  # type: ignore[attr-defined]
+        collect, sys.executable, args, env=dict(os.environ), path=str(ROOT)
+    )
+
+    async def stop() -> None:
+        if not collect.ended.called:
+            process.signalProcess("KILL")
+            await collect.ended
+
+    test.addCleanup(lambda: defer.ensureDeferred(stop()))
+    await wait_until(lambda: b"starting on" in collect.output or collect.ended.called, 30)
+    assert not collect.ended.called, collect.output.decode()
+    return collect

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import resource
-import signal
 import socket
-import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from tcpsocket.budgets import Budgets, raise_nofile_limit
@@ -42,10 +36,15 @@ from tests.session_helpers import (
     session,
     shrink_send_buffer_of,
 )
-from tests.support import TOKEN, Echo, NameTable, listen_remote, start_daemon, wait_until
-
-ROOT = Path(__file__).parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+from tests.support import (
+    TOKEN,
+    Echo,
+    NameTable,
+    listen_remote,
+    start_daemon,
+    start_twistd,
+    wait_until,
+)
 
 
 async def open_detail(client: SessionClient, service: int, host: str, port: int) -> str:
@@ -202,20 +201,6 @@ class UpstreamBudgetTests(TestCase):
         await wait_until(lambda: not site.session_factory.budgets._holding)
 
 
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
 class NofileTests(TestCase):
     def test_raise_nofile_limit(self) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -232,23 +217,8 @@ class NofileTests(TestCase):
         """
         _, remote_port = await listen_remote(self, Echo)
         number = free_port()
-        collect = _Collect()
-        low = "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)); "
-        args = [sys.executable, "-c", low + TWISTD[2], "-n", "--pidfile=", "tcpsocket"]
-        args += ["--listen", f"tcp:{number}:interface=127.0.0.1"]
-        args += ["--token", TOKEN, "--allow", "127.0.0.1:*", "--max-sockets-per-session", "256"]
-        process = reactor.spawnProcess(  # type: ignore[attr-defined]
-            collect, sys.executable, args, env=dict(os.environ), path=str(ROOT)
-        )
-
-        async def stop() -> None:
-            if not collect.ended.called:
-                process.signalProcess(signal.SIGKILL)
-                await collect.ended
-
-        self.addCleanup(lambda: defer.ensureDeferred(stop()))
-        await wait_until(lambda: b"starting on" in collect.output or collect.ended.called, 30)
-        self.assertFalse(collect.ended.called, collect.output.decode())
+        options = ["--token", TOKEN, "--allow", "127.0.0.1:*", "--max-sockets-per-session", "256"]
+        collect = await start_twistd(self, number, *options, nofile=1024)
         budgets = Budgets(ServerConfig(tokens=TokenStore()), reactor, nofile=1024)
         sessions, limit = budgets.max_sessions, budgets.max_sockets
         self.assertEqual((sessions, limit), (224, 672))

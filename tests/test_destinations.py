@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
@@ -25,11 +28,14 @@ from tests.session_helpers import (
     manager,
 )
 from tests.support import (
+    ROOT,
     TOKEN,
+    TWISTD_CODE,
     Echo,
     NameTable,
     listen_remote,
     start_daemon,
+    start_twistd,
     temp_dir,
     test_config,
     wait_until,
@@ -317,3 +323,44 @@ class EchoedTextTests(TestCase):
         detail = await open_detail(client, service, "a b" * 350_000, 80)
         self.assertLess(len(detail), 200)
         self.assertIn("(1050000 characters)", detail)
+
+
+class TwistdTests(TestCase):
+    """``twistd tcpsocket``: safe by default, ``--allow``/``--deny`` in order."""
+
+    async def test_default_denies_loopback(self) -> None:
+        factory, remote_port = await listen_remote(self, Echo)
+        number = free_port()
+        await start_twistd(self, number, "--token", TOKEN)
+        client, service = await manager(self, number)
+        for host in ("127.0.0.1", "0x7f.1", "::ffff:127.0.0.1", "localhost"):
+            detail = await open_detail(client, service, host, remote_port)
+            self.assertIn("loopback, denied by default", detail)
+        self.assertEqual(factory.connections, [])
+
+    async def test_allow_and_deny_options(self) -> None:
+        _, open_port = await listen_remote(self, Echo)
+        _, closed_port = await listen_remote(self, Echo)
+        number = free_port()
+        rules = ["--deny", f"127.0.0.1:{closed_port}", "--allow", "127.0.0.1:*"]
+        output = await start_twistd(self, number, "--token", TOKEN, *rules)
+        client, service = await manager(self, number)
+        await echo_once(self, client, service, "127.0.0.1", open_port)
+        await echo_once(self, client, service, "2130706433", open_port)
+        detail = await open_detail(client, service, "127.0.0.1", closed_port)
+        self.assertIn(f"denied by rule 'deny 127.0.0.1:{closed_port}'", detail)
+        detail = await open_detail(client, service, "127.0.0.1", number)
+        self.assertIn("this daemon's own endpoint", detail)
+        await wait_until(lambda: b"command-line denied 127.0.0.1 port" in output.output)
+
+    async def test_rule_that_never_matches_stops_the_start(self) -> None:
+        head = ["-c", TWISTD_CODE, "-n", "--pidfile=", "tcpsocket", "--token", TOKEN]
+        for rule in ("10.0.0.0/33:22", "a host:22", "host:0"):
+            out, err, code = await getProcessOutputAndValue(
+                sys.executable,
+                [*head, "--allow", rule],
+                env=dict(os.environ),
+                path=str(ROOT),
+            )
+            self.assertNotEqual(code, 0)
+            self.assertIn(f"rule {rule!r}", (out + err).decode())
