@@ -355,7 +355,7 @@ class TwistdTests(TestCase):
 
     async def test_rule_that_never_matches_stops_the_start(self) -> None:
         head = ["-c", TWISTD_CODE, "-n", "--pidfile=", "tcpsocket", "--token", TOKEN]
-        for rule in ("10.0.0.0/33:22", "a host:22", "host:0"):
+        for rule in ("10.0.0.0/33:22",):  # the others: tests/test_tap.py, without a process
             out, err, code = await getProcessOutputAndValue(
                 sys.executable,
                 [*head, "--allow", rule],
