@@ -60,7 +60,9 @@ _VARY = b"Sec-Fetch-Mode, Origin"
 _IMPORT = re.compile(
     r"""import\s+(?:(?P<default>\w+)\s*,?\s*)?(?:\{(?P<names>[^}]*)\})?\s*from\s*(?P<q>["'])(?P<spec>[^"']+)(?P=q);\s*"""
 )
-_EXPORT_DECL = re.compile(r"export\s+(?P<default>default\s+)?(?:class|function|const|let)\s+(?P<name>\w+)")
+_EXPORT_DECL = re.compile(
+    r"export\s+(?P<default>default\s+)?(?:class|function|const|let)\s+(?P<name>\w+)"
+)
 _EXPORT_PREFIX = re.compile(r"^export\s+(?:default\s+)?")
 _EXPORT_DEFAULT = re.compile(r"export\s+default\s+(?P<name>\w+);\s*")
 _EXPORT_LIST = re.compile(r"export\s*\{(?P<names>[^}]*)\};\s*")
@@ -174,8 +176,8 @@ def classic_bundle(entry: str, modules: Mapping[str, ModuleSource]) -> str:
         "})(this, function () {",
         '"use strict";',
         "const __tcpsocket_script_url =",
-        '  typeof document !== "undefined" && document && document.currentScript && document.currentScript.src',
-        "    ? String(document.currentScript.src)",
+        '  typeof document !== "undefined" && document && document.currentScript',
+        '    ? String(document.currentScript.src || "")',
         '    : "";',
     ]
     for path in order:
