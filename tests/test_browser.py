@@ -48,6 +48,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # gc() for the garbage-collection tests (tests/test_browser_compat.py).
+    "--js-flags=--expose-gc",
 ]
 #: Playwright's timeout for one wait or action, in milliseconds.
 WAIT_MS = 20_000
@@ -640,16 +642,16 @@ class RemoteBehaviourTests(BrowserTestCase):
         await self.wait_js(page, "(i) => T.text(i) === 'oneheld'", index)
 
 
-class OpenFailureTests(BrowserTestCase):
-    @staticmethod
-    def refused_port() -> int:
-        """A loopback port nobody listens on."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return int(probe.getsockname()[1])
+def refused_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
+
+class OpenFailureTests(BrowserTestCase):
     async def test_open_failures(self) -> None:
-        refused = self.refused_port()
+        refused = refused_port()
         page = await self.harness_page()
         await self.connected_manager(page)
         cases: list[tuple[str, int, str]] = [
