@@ -118,6 +118,14 @@ class ContentTests(WebTestCase):
                 self.assertEqual(response.header("access-control-allow-origin"), "*")
                 etags.add(response.header("etag"))
             self.assertEqual(len(etags), 2, path)
+            # A validator of one form does not match the other.
+            classic_tag = (await self.fetch(url)).header("etag")
+            assert classic_tag is not None
+            other = await self.fetch(url, sec_fetch_mode="cors", if_none_match=classic_tag)
+            self.assertEqual(other.code, 200)
+            same = await self.fetch(url, sec_fetch_mode="no-cors", if_none_match=classic_tag)
+            self.assertEqual(same.code, http.NOT_MODIFIED)
+            self.assertEqual(same.header("vary"), "Sec-Fetch-Mode, Origin")
 
     async def test_module_only_files(self) -> None:
         for name in ("bincode.js", "services.js", "sessionobject.js", "ws_transport.js"):

@@ -255,3 +255,42 @@ test("fingerprint is recomputed from the protocol.md A.5 list", () => {
   // The GetService frame carries it.
   assert.ok(GET_SERVICE_3.endsWith(ascii(fingerprint)));
 });
+
+describe("api-daemon's codec API (bincode.js)", () => {
+  const { Encoder, Decoder, ObjectDecoder } = core;
+  test("Encoder: chainable writes, trimmed value(), type errors", () => {
+    const e = new Encoder();
+    assert.equal(e.varint(5).string("abc").bool(true).u8_array(new Uint8Array([1, 2])).void(), e);
+    assert.equal(toHex(e.value()), "0503616263010201 02".replace(/\s/g, ""));
+    assert.equal(e.value().buffer.byteLength, 9);
+    assert.throws(() => new Encoder().string(1), { message: "Expected string, but got number" });
+    assert.throws(() => new Encoder().u8_array("x"), { message: "Expected uintarray, but got string" });
+    assert.equal(toHex(new Encoder().full_u16(258).full_u32(1).value()), "010200000001");
+    assert.equal(toHex(new Encoder().reset().url(new URL("http://a/")).value()), "09" + ascii("http://a/"));
+  });
+
+  test("i64 coerces as the runtime does: non-numbers 0, numeric strings, truncation", () => {
+    const ints = (...values) => toHex(values.reduce((e, v) => e.i64(v), new Encoder()).value());
+    assert.equal(ints(NaN, undefined, null, "abc", {}), "0000000000");
+    assert.equal(ints("7878", "0x10", 1.5, -1.5, true), "fb3d8c" + "20" + "02" + "01" + "02");
+    assert.equal(ints(65535), "fc0001fffe");
+  });
+
+  test("Decoder reads every type, void is {}, past the end is Error('eof')", () => {
+    const bytes = new Encoder().varint(70000).i64(-3).string("hé").bool(false).u8_array(new Uint8Array([7])).json({ a: 1 }).value();
+    const d = new Decoder(bytes);
+    assert.deepEqual([d.varint(), d.i64(), d.string(), d.bool()], [70000, -3, "hé", false]);
+    const view = d.u8_array();
+    assert.equal(view.buffer.byteLength >= bytes.length, true);
+    assert.deepEqual(Array.from(view), [7]);
+    assert.equal(d.json().a, 1);
+    assert.equal(Object.keys(d.void()).length, 0);
+    assert.throws(() => d.varint(), { message: "eof" });
+    assert.equal(new Decoder(hex("fd 00 00 00 00 00 01 11 70")).varint(), 70000);
+  });
+
+  test("ObjectDecoder builds an object, chained", () => {
+    const bytes = new Encoder().string("127.0.0.1").i64(7878).value();
+    same(new ObjectDecoder(bytes).string("host").i64("port").finalize(), { host: "127.0.0.1", port: 7878 });
+  });
+});

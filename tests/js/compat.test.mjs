@@ -290,3 +290,25 @@ test("the served scripts are the ones the tests load", () => {
   for (const path of SCRIPTS) assert.match(servedText(path), /as a classic script/);
   assert.ok(GET_SERVICE_3.length > 0);
 });
+
+test("b2g: a fresh token from navigator.b2g.externalapi.getToken() before reconnecting", async () => {
+  const ctx = await connectManager(undefined, { lazy: true });
+  const { env, ws } = ctx;
+  env.context.navigator = { b2g: { externalapi: { getToken: () => Promise.resolve("fresh") } } };
+  ws.serverClose(1006);
+  env.clock.advance(250);
+  await flush();
+  const next = env.sockets.at(-1);
+  assert.notEqual(next, ws);
+  next.serverOpen();
+  assert.deepEqual(next.take(), ["05" + Buffer.from("fresh").toString("hex")]);
+});
+
+test("UMD: under CommonJS the classic script assigns module.exports", async () => {
+  const { default: vm } = await import("node:vm");
+  const sandbox = { module: { exports: {} }, FinalizationRegistry, WeakRef, URL, TextEncoder, TextDecoder };
+  vm.createContext(sandbox);
+  vm.runInContext(servedText("shared/session.js"), sandbox);
+  assert.equal(typeof sandbox.module.exports.Session, "function");
+  assert.equal("lib_session" in sandbox, false);
+});

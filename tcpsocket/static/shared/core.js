@@ -199,6 +199,8 @@ export const core = Object.defineProperties(
     Fields: hidden(Fields),
     Reader: hidden(Reader),
     ObjectDecoder: hidden(ObjectDecoder),
+    Encoder: hidden(Encoder),
+    Decoder: hidden(Decoder),
     toUint8Array: hidden(toUint8Array),
     KIND_REQUEST: hidden(KIND_REQUEST),
     KIND_RESPONSE: hidden(KIND_RESPONSE),

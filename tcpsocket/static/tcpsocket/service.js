@@ -7,6 +7,8 @@
  * string and ArrayBuffer sends, the daemon's reason beside every failure's
  * `value`, and listeners on the manager for the events of all its sockets.
  */
+// api-daemon's generated service imports these three modules (Encoder, Decoder and
+// wrapBlob unused here, kept so the module graph is the same).
 import Services from '../shared/services.js';
 import SessionObject, { callListeners } from '../shared/sessionobject.js';
 import { Encoder, Decoder, wrapBlob, Fields, Reader, toUint8Array } from '../shared/bincode.js';
