@@ -22,7 +22,7 @@ from tcpsocket.site import build_site
 from tests.session_helpers import only
 from tests.support import TOKEN, Echo, RemoteFactory, listen_remote, wait_until
 from tests.support import test_config as daemon_config
-from tests.test_browser import BrowserTestCase, refused_port, track_connections
+from tests.test_browser import HOST, BrowserTestCase, refused_port, track_connections
 
 # The app's own helpers, written against the original API only (`API` is what the page
 # loaded: the globals or the module exports). deepEquals behaves as api-daemon's testing.js
@@ -417,3 +417,26 @@ if (typeof core.BaseMessage !== "function") throw new Error("core");
 window.API = {{ Session, TcpSocketManager }};
 </script>
 """
+
+
+class BothFormsTests(BrowserTestCase):
+    async def test_one_page_loads_both_forms_of_the_same_urls_twice(self) -> None:
+        """Classic tags and imports of the same URLs in one page, then a reload (HTTP cache)."""
+        base = f"http://127.0.0.1:{self.port}/api/v1"
+        body = (
+            self.script_tags()
+            + f"""<script type="module">
+import {{ Session }} from "{base}/shared/session.js";
+import {{ TcpSocketManager }} from "{base}/apps/service.js";
+window.forms = [
+  typeof lib_session.Session, typeof lib_tcpsocket.TcpSocketManager.get,
+  typeof Session, Object.keys(TcpSocketManager), Session === lib_session.Session,
+];
+</script>
+"""
+        )
+        page = await self.new_page(self.page_url("both.html", body))
+        expected = ["function", "function", "function", ["get"], False]
+        self.assertEqual(await self.wait_js(page, "() => window.forms"), expected)
+        await HOST.run(page.reload)
+        self.assertEqual(await self.wait_js(page, "() => window.forms"), expected)
