@@ -437,14 +437,23 @@ class SeedTests(BrowserTestCase):
 
 
 class DocExampleTests(BrowserTestCase):
-    async def test_complete_example_page_of_the_docs(self) -> None:
-        echo, echo_port = await listen_remote(self, Echo)
+    def example_pages(self) -> tuple[str, str]:
+        """The doc's complete example page, and its ES-module version as the doc describes it."""
         text = (REPO / "doc" / "javascript.md").read_text(encoding="utf-8")
         start = text.index("## Complete example page")
-        html = text[
-            text.index("```html\n", start) + 8 : text.index("```\n", text.index("```html\n", start))
-        ]
-        html = html.replace("127.0.0.1:8081", f"127.0.0.1:{self.port}")
+        first = text.index("```html\n", start) + 8
+        html = text[first : text.index("```\n", first)]
+        second = text.index("```html\n", first) + 8
+        module_head = text[second : text.index("  // ...the same code...\n", second)]
+        tags = "".join(line + "\n" for line in html.splitlines() if line.startswith("<script src="))
+        self.assertEqual(tags.count("<script src="), 3)
+        module = html.replace(tags, "").replace("<script>\n", module_head, 1)
+        return tuple(  # type: ignore[return-value]
+            page.replace("127.0.0.1:8081", f"127.0.0.1:{self.port}") for page in (html, module)
+        )
+
+    async def run_example(self, html: str) -> None:
+        echo, echo_port = await listen_remote(self, Echo)
         self.app.pages[b"example.html"] = html.encode()
         page = await self.new_page(f"http://127.0.0.1:{self.app_port}/example.html")
 
@@ -461,6 +470,12 @@ class DocExampleTests(BrowserTestCase):
 
         await HOST.run(drive)
         self.assertEqual(bytes(echo.received), b"from the docs\r\n")
+
+    async def test_complete_example_page_of_the_docs(self) -> None:
+        await self.run_example(self.example_pages()[0])
+
+    async def test_es_module_version_of_the_example_page(self) -> None:
+        await self.run_example(self.example_pages()[1])
 
 
 class EchoTests(BrowserTestCase):
