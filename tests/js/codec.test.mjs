@@ -294,3 +294,15 @@ describe("api-daemon's codec API (bincode.js)", () => {
     same(new ObjectDecoder(bytes).string("host").i64("port").finalize(), { host: "127.0.0.1", port: 7878 });
   });
 });
+
+test("core's messages: BaseMessage encode/decode, with or without new", () => {
+  const { BaseMessage, SessionHandshake, SessionAck } = core;
+  const msg = BaseMessage(1, 1, hex("02 05 48 65 6c 6c 6f")).set_request(9);
+  assert.equal(toHex(msg.encode()), h("01 01 00 09 07 02 05 48 65 6c 6c 6f"));
+  assert.equal(toHex(new BaseMessage(0, 0, hex("03 01")).set_response(7).encode()), h("00 00 01 07 02 03 01"));
+  same({ ...BaseMessage.decode(hex("01 01 02 07 09 05 48 65 6c 6c 6f")), content: null }, { service: 1, object: 1, kind: 2, is_event: true, content: null });
+  same(BaseMessage.decode(hex("01 00 03 05 01 70 01 6d 02 01 00")).permissionError, { request: 5, permission: "p", message: "m" });
+  assert.equal(BaseMessage.decode(hex("01 00 01 05 02 0c 01")).response, 5);
+  assert.equal(toHex(SessionHandshake("abc").encode()), "03616263");
+  assert.equal(SessionAck().decode(hex("01")).success, true);
+});

@@ -21,74 +21,75 @@ const DISABLE_EVENT = 4;
 
 const GET_SERVICE_ERRORS = ["", "UnknownService", "FingerprintMismatch", "MissingPermission"];
 
-/** SessionHandshake { token }: the first message of a session. */
-class SessionHandshake {
-  constructor(token) {
-    this.token = token;
-  }
+/* SessionHandshake, SessionAck and BaseMessage work with or without `new`. */
 
-  encode() {
-    return new Encoder().string(this.token).value();
-  }
+/** SessionHandshake { token }: the first message of a session. */
+function SessionHandshake(token) {
+  if (!(this instanceof SessionHandshake)) return new SessionHandshake(token);
+  this.token = token;
 }
+SessionHandshake.prototype.encode = function () {
+  return new Encoder().string(this.token).value();
+};
 
 /** SessionAck { success }: the daemon's answer to the handshake (first byte 1). */
-class SessionAck {
-  decode(bytes) {
-    const data = toUint8Array(bytes);
-    return { success: data.length > 0 && data[0] === 1 };
-  }
+function SessionAck() {
+  if (!(this instanceof SessionAck)) return new SessionAck();
 }
+SessionAck.prototype.decode = function (bytes) {
+  const data = toUint8Array(bytes);
+  return { success: data.length > 0 && data[0] === 1 };
+};
 
 /** BaseMessage { service, object, kind, content }. */
-class BaseMessage {
-  constructor(service, object, content) {
-    this.service = service;
-    this.object = object;
-    this.content = content;
-    this.kind = KIND_REQUEST;
-    this.id = 0;
-  }
-
-  /** What a "zombie session" rejection shows of the message. */
-  toJSON() {
-    return { service: this.service, object: this.object, content: this.content instanceof Fields ? this.content.encode() : this.content };
-  }
-
-  set_request(id) {
-    this.kind = KIND_REQUEST;
-    this.id = id;
-    return this;
-  }
-
-  set_response(id) {
-    this.kind = KIND_RESPONSE;
-    this.id = id;
-    return this;
-  }
-
-  encode() {
-    const fields = new Fields().u32(this.service).u32(this.object).u(this.kind);
-    if (this.kind === KIND_REQUEST || this.kind === KIND_RESPONSE) fields.u(this.id);
-    const content = this.content || new Uint8Array(0);
-    return (content instanceof Fields ? fields.nested(content) : fields.bytes(content)).encode();
-  }
-
-  /**
-   * {service, object, kind, request | response | is_event | permissionError, content};
-   * `content` is a view into `bytes`, trailing bytes are ignored.
-   */
-  static decode(bytes) {
-    const m = decodeBaseMessage(bytes);
-    const out = { service: m.service, object: m.object, kind: m.kind };
-    if (m.kind === KIND_REQUEST) out.request = m.requestId;
-    else if (m.kind === KIND_RESPONSE) out.response = m.requestId;
-    else if (m.kind === KIND_EVENT) out.is_event = true;
-    else out.permissionError = { request: m.requestId, permission: m.permission, message: m.message };
-    out.content = m.content;
-    return out;
-  }
+function BaseMessage(service, object, content) {
+  if (!(this instanceof BaseMessage)) return new BaseMessage(service, object, content);
+  this.service = service;
+  this.object = object;
+  this.content = content;
+  this.kind = KIND_REQUEST;
+  this.id = 0;
 }
+
+BaseMessage.prototype.set_request = function (id) {
+  this.kind = KIND_REQUEST;
+  this.id = id;
+  return this;
+};
+
+BaseMessage.prototype.set_response = function (id) {
+  this.kind = KIND_RESPONSE;
+  this.id = id;
+  return this;
+};
+
+/** What a "zombie session" rejection shows of the message. */
+BaseMessage.prototype.toJSON = function () {
+  const content = this.content instanceof Fields ? this.content.encode() : this.content;
+  return { service: this.service, object: this.object, content };
+};
+
+BaseMessage.prototype.encode = function () {
+  const fields = new Fields().u32(this.service).u32(this.object).u(this.kind);
+  if (this.kind === KIND_REQUEST || this.kind === KIND_RESPONSE) fields.u(this.id);
+  const content = this.content || new Uint8Array(0);
+  return (content instanceof Fields ? fields.nested(content) : fields.bytes(content)).encode();
+};
+
+/**
+ * {service, object, kind, request | response | is_event | permissionError, content};
+ * `content` is a view into `bytes`, trailing bytes are ignored.
+ */
+BaseMessage.decode = function (bytes) {
+  const m = decodeBaseMessage(bytes);
+  const out = { service: m.service, object: m.object, kind: m.kind };
+  if (m.kind === KIND_REQUEST) out.request = m.requestId;
+  else if (m.kind === KIND_RESPONSE) out.response = m.requestId;
+  else if (m.kind === KIND_EVENT) out.is_event = true;
+  else out.permissionError = { request: m.requestId, permission: m.permission, message: m.message };
+  out.content = m.content;
+  return out;
+};
 
 /** Core requests: encode({variant, name, fingerprint | service, object[, event]}). */
 const CoreRequest = {
