@@ -312,3 +312,67 @@ test("UMD: under CommonJS the classic script assigns module.exports", async () =
   assert.equal(typeof sandbox.module.exports.Session, "function");
   assert.equal("lib_session" in sandbox, false);
 });
+
+describe("the port rule and the scheme", () => {
+  const cases = [
+    ["localhost", "http://127.0.0.1:8081/api/v1/", "ws://localhost:8081/ws"],
+    ["localhost", "https://daemon.test/api/v1/", "wss://localhost:443/ws"],
+    ["[::1]", "http://127.0.0.1:9000/api/v1/", "ws://[::1]:9000/ws"],
+    ["::1", "http://127.0.0.1:9000/api/v1/", "ws://[::1]:9000/ws"],
+    ["[::1]:7000", "http://127.0.0.1:9000/api/v1/", "ws://[::1]:7000/ws"],
+    ["10.0.0.1:7000", "http://127.0.0.1:9000/api/v1/", "ws://10.0.0.1:7000/ws"],
+  ];
+  for (const [host, base, url] of cases) {
+    test(`${host} with scripts from ${base}`, () => {
+      const env = loadClassic({ base });
+      assert.equal(env.lib_session.websocketUrl(host), url);
+      new env.lib_session.Session().open("websocket", host, "t", {});
+      assert.equal(env.sockets.at(-1).url, url);
+    });
+  }
+
+  test("inlined code (no script URL): 8081, and wss on an https page", () => {
+    const env = loadClassic({ base: null, page: "https://app.test/" });
+    assert.equal(env.lib_session.websocketUrl("localhost"), "wss://localhost:8081/ws");
+  });
+
+  test("bad hosts are refused causes", () => {
+    const env = loadClassic();
+    const session = new env.lib_session.Session();
+    for (const host of ["bad host", "a/b", "h:0", "h:70000"]) {
+      const result = session.open("websocket", host, "t", {});
+      assert.equal(result.success, false, host);
+    }
+    assert.equal(env.sockets.length, 0);
+  });
+});
+
+test("throwing callbacks and listeners are reported; the session and other listeners go on", async () => {
+  const env = loadClassic();
+  const session = new env.lib_session.Session();
+  const errors = [];
+  env.context.reportError = (e) => errors.push(e);
+  session.open("websocket", "localhost", "abc", {
+    onsessionconnected() {
+      throw new Error("callback");
+    },
+  });
+  const ws = env.sockets[0];
+  ws.serverOpen();
+  ws.serverSend("01");
+  assert.equal(session.is_connected(), true);
+  const pending = env.lib_tcpsocket.TcpSocketManager.get(session);
+  ws.serverSend("00 00 01 03 03 00 00 01");
+  const manager = await pending;
+  const opening = manager.open({ host: "127.0.0.1", port: 1 });
+  ws.serverSend("01 00 01 05 02 0c 01");
+  const socket = await opening;
+  const seen = [];
+  socket.addEventListener(1, () => {
+    throw new Error("listener");
+  });
+  socket.addEventListener(1, (v) => seen.push(v.length));
+  ws.serverSend("01 01 02 07 09 05 48 65 6c 6c 6f");
+  assert.deepEqual(seen, [5]);
+  assert.deepEqual(errors.map((e) => e.message), ["callback", "listener"]);
+});
