@@ -126,24 +126,44 @@ class BrowserHost:
 
 HOST = BrowserHost()
 
-# Records the first bytes of every WebSocket frame the page sends (hex), before any script runs.
+# Records the first bytes (hex) of every WebSocket frame the page sends (window.__frames) and
+# receives through onmessage (window.__received), before any script runs.
 FRAME_LOG = """
 (() => {
   const frames = [];
+  const received = [];
   Object.defineProperty(window, "__frames", { value: frames });
-  const send = WebSocket.prototype.send;
-  WebSocket.prototype.send = function (data) {
+  Object.defineProperty(window, "__received", { value: received });
+  const head = (data) => {
     let bytes = null;
     if (data instanceof ArrayBuffer) bytes = new Uint8Array(data);
     else if (ArrayBuffer.isView(data)) {
       bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     }
-    if (bytes !== null) {
-      const head = Array.from(bytes.subarray(0, 48), (b) => b.toString(16).padStart(2, "0"));
-      frames.push(head.join(""));
-    }
+    if (bytes === null) return null;
+    return Array.from(bytes.subarray(0, 48), (b) => b.toString(16).padStart(2, "0")).join("");
+  };
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    const hex = head(data);
+    if (hex !== null) frames.push(hex);
     return send.call(this, data);
   };
+  const onmessage = Object.getOwnPropertyDescriptor(WebSocket.prototype, "onmessage");
+  Object.defineProperty(WebSocket.prototype, "onmessage", {
+    configurable: true,
+    get() { return onmessage.get.call(this); },
+    set(fn) {
+      const record = (event) => {
+        const hex = head(event.data);
+        if (hex !== null) received.push(hex);
+      };
+      const wrapped = typeof fn === "function"
+        ? function (event) { record(event); return fn.call(this, event); }
+        : fn;
+      onmessage.set.call(this, wrapped);
+    },
+  });
 })();
 """
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from tcpsocket.messages import Core, ObjectRef
 from tcpsocket.site import build_site
 from tests.session_helpers import only
 from tests.support import TOKEN, Echo, RemoteFactory, listen_remote, wait_until
@@ -233,15 +232,6 @@ class AppScenarios(_Base):
         host = f"localhost:{self.port}"
         self.assertTrue(await self.js(page, "([h, t]) => APP.connect(h, t, false)", [host, TOKEN]))
         daemon_session = only(self.site.session_factory.sessions)
-        answers: list[tuple[ObjectRef, bytes]] = []
-        core = daemon_session._core
-
-        def recording_core(request: Any) -> Any:
-            result = core(request)
-            answers.append((request, result[0]))
-            return result
-
-        daemon_session._core = recording_core
         # The app keeps only its socket; the manager is a local of a finished function.
         await self.js(
             page,
@@ -252,23 +242,28 @@ class AppScenarios(_Base):
             }""",
             echo_port,
         )
-        released = await self.js(
+        answer = await self.js(
             page,
             """async () => {
-              const release = "0302" + "01" + "00";  // ReleaseObject(service 1, object 0)
+              // ReleaseObject(service 1, object 0): 00 00 00 <id> 03 02 01 00.
+              const release = (f) => /^000000[0-9a-f]{2}03020100$/.test(f);
               for (let k = 0; k < 100; k++) {
                 gc();
                 await new Promise((resolve) => setTimeout(resolve, 20));
-                if (window.__frames.some((f) => f.endsWith(release))) return true;
+                const frame = window.__frames.find(release);
+                if (frame === undefined) continue;
+                const reply = "000001" + frame.slice(6, 8);
+                for (let j = 0; j < 100; j++) {
+                  const got = window.__received.find((f) => f.startsWith(reply));
+                  if (got !== undefined) return got.slice(8);
+                  await new Promise((resolve) => setTimeout(resolve, 20));
+                }
+                return "no reply";
               }
-              return false;
+              return "the manager was not collected";
             }""",
         )
-        self.assertTrue(released, "the manager was not collected")
-        release = ObjectRef(Core.RELEASE_OBJECT, 1, 0)
-        await wait_until(lambda: any(r == release for r, _ in answers))
-        (answer,) = [content for r, content in answers if r == release]
-        self.assertEqual(answer, b"\x02\x00")  # ReleaseObject answered false
+        self.assertEqual(answer, "020200")  # ReleaseObject answered false
         self.assertIn(1, daemon_session.services)
         # The socket still works.
         text = await self.js(
