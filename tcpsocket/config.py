@@ -49,7 +49,7 @@ class ServerConfig:
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
     close_timeout: float = 30.0
-    max_sockets_per_session: int = 256
+    max_sockets_per_session: int = 1024
     max_sessions: int = 1024
     max_message_size: int = 16 * MiB + 64
     high_water_mark: int = 64 * KiB

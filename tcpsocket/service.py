@@ -190,10 +190,10 @@ class TcpSocketManagerService(SocketOwner):
         return partial(socket.set_event_enabled, Event(event), enabled)
 
     def release(self, object_id: int) -> bool:
-        """ReleaseObject: close and forget a socket; whether it existed."""
+        """ReleaseObject: close and forget a live socket; False if there is none (any more)."""
         socket = self.sockets.pop(object_id, None)
         if socket is None:
-            return 0 < object_id < self._next_id
+            return False
         self._detach(socket)
         return True
 

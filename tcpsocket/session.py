@@ -308,12 +308,10 @@ class SessionProtocol(WebSocketServerProtocol):
         if service is None:
             found = False
         elif request.op is Core.RELEASE_OBJECT:
-            if request.object == 0:
-                del self.services[request.service]
-                then = service.stop
-                found = True
-            else:
-                found = service.release(request.object)
+            # Object 0 is the service itself: api-daemon's runtime releases it when the
+            # page's service object is garbage collected, while its sockets stay in use.
+            # Like api-daemon, answer false and keep the service and its sockets.
+            found = request.object != 0 and service.release(request.object)
         else:
             assert request.event is not None
             # Events that were held wait until the client has the response.

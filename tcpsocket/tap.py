@@ -72,7 +72,7 @@ class Options(usage.Options):
             "Seconds a closing socket may take to flush before it is aborted.",
             _positive_float,
         ],
-        ["max-sockets-per-session", None, 256, "Open sockets allowed per session.", _positive_int],
+        ["max-sockets-per-session", None, 1024, "Open sockets allowed per session.", _positive_int],
         [
             "max-sessions",
             None,

@@ -211,6 +211,15 @@ class SessionClient:
         self.raw.send(encode_request(service, object_id, request_id, content))
         return d
 
+    def request_frame(
+        self, frame: bytes, service: int, object_id: int, request_id: int
+    ) -> defer.Deferred[bytes]:
+        """Send a hand-built request ``frame``; fires with the content of its response."""
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._pending[request_id] = (service, object_id, d)
+        self.raw.send(frame)
+        return d
+
     def assert_one_response_each(self) -> None:
         """Every request so far got exactly one response, and nothing else came."""
         assert not self._pending, f"unanswered requests: {sorted(self._pending)}"

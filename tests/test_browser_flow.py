@@ -174,7 +174,7 @@ window.receiver = (i, onData) => {{
 SLOW_READER = """
 ([i, size, every, pauseMs]) => {
   const s = T.sockets[i].socket;
-  const why = (e) => (e && e.value ? e.value.message : JSON.stringify(e));
+  const why = (e) => (e && e.message ? e.message : JSON.stringify(e));
   let next = every;
   const st = window.receiver(i, (st, v) => {
     if (st.bytes < next) return;

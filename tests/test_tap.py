@@ -96,7 +96,7 @@ class OptionsTests(SynchronousTestCase):
                 config.max_sockets_per_session,
                 config.max_sessions,
             ),
-            (10.0, 10.0, 65536, 16 * 1024 * 1024, 256, 1024),
+            (10.0, 10.0, 65536, 16 * 1024 * 1024, 1024, 1024),
         )
 
     def test_limits_and_listen(self) -> None:

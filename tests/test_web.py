@@ -15,7 +15,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from tcpsocket.web import ApiV1Resource, DemoResource, module_source
+from tcpsocket.web import (
+    ApiV1Resource,
+    DemoResource,
+    ModuleSource,
+    ModuleSyntaxError,
+    classic_bundle,
+)
 
 JS = "text/javascript; charset=utf-8"
 STATIC = files("tcpsocket").joinpath("static")
@@ -74,33 +80,95 @@ class WebTestCase(unittest.TestCase):
 
 class ContentTests(WebTestCase):
     async def test_scripts_are_javascript(self) -> None:
+        api = ApiV1Resource()
         for path in ("shared/core.js", "shared/session.js", "tcpsocket/service.js"):
             response = await self.fetch("/api/v1/" + path)
             self.assertEqual(response.code, 200, path)
             self.assertEqual(response.header("content-type"), JS)
-            self.assertEqual(response.body, static_bytes(path))
+            self.assertEqual(response.body, api.assets[path].body)
+            self.assertIn(b"as a classic script", response.body)
             self.assertEqual(response.header("x-content-type-options"), "nosniff")
             self.assertEqual(response.header("cache-control"), "no-cache")
+            self.assertEqual(response.header("vary"), "Sec-Fetch-Mode, Origin")
 
-    async def test_modules_are_javascript_generated_from_the_same_source(self) -> None:
+    async def test_one_url_two_forms(self) -> None:
+        classic_requests: list[dict[str, str]] = [
+            {},
+            {"sec_fetch_mode": "no-cors", "sec_fetch_dest": "script"},
+            {"sec_fetch_mode": "no-cors", "origin": "http://app.test"},
+            {"sec_fetch_mode": "navigate"},
+        ]
+        module_requests: list[dict[str, str]] = [
+            {"sec_fetch_mode": "cors", "sec_fetch_dest": "script", "origin": "http://app.test"},
+            {"sec_fetch_mode": "cors", "sec_fetch_dest": "script"},  # same-origin import
+            {"origin": "http://app.test"},  # no Fetch Metadata: Origin means CORS
+        ]
         for path in ("shared/core.js", "shared/session.js", "tcpsocket/service.js"):
-            response = await self.fetch("/api/v1/" + path[:-3] + ".mjs")
-            self.assertEqual(response.code, 200, path)
-            self.assertEqual(response.header("content-type"), JS)
-            source = static_bytes(path).decode()
-            self.assertEqual(response.body.decode(), module_source(path, source))
-            self.assertIn(source.rstrip("\n"), response.body.decode())
+            url = "/api/v1/" + path
+            etags = set()
+            for headers in classic_requests:
+                response = await self.fetch(url, **headers)
+                self.assertIn(b"as a classic script", response.body, (path, headers))
+                self.assertNotIn(b"\nexport ", response.body)
+                etags.add(response.header("etag"))
+            for headers in module_requests:
+                response = await self.fetch(url, **headers)
+                self.assertEqual(response.body, static_bytes(path), (path, headers))
+                self.assertEqual(response.header("vary"), "Sec-Fetch-Mode, Origin")
+                self.assertEqual(response.header("access-control-allow-origin"), "*")
+                etags.add(response.header("etag"))
+            self.assertEqual(len(etags), 2, path)
+            # A validator of one form does not match the other.
+            classic_tag = (await self.fetch(url)).header("etag")
+            assert classic_tag is not None
+            other = await self.fetch(url, sec_fetch_mode="cors", if_none_match=classic_tag)
+            self.assertEqual(other.code, 200)
+            same = await self.fetch(url, sec_fetch_mode="no-cors", if_none_match=classic_tag)
+            self.assertEqual(same.code, http.NOT_MODIFIED)
+            self.assertEqual(same.header("vary"), "Sec-Fetch-Mode, Origin")
 
-    def test_module_wrapper(self) -> None:
-        text = module_source("tcpsocket/service.js", "(function (root) {})(this);\n")
-        self.assertIn(
-            'import { lib_session as __tcpsocket_dep_0 } from "../shared/session.mjs";', text
+    async def test_module_only_files(self) -> None:
+        for name in ("bincode.js", "services.js", "sessionobject.js", "ws_transport.js"):
+            for headers in ({}, {"sec_fetch_mode": "cors"}):
+                response = await self.fetch("/api/v1/shared/" + name, **headers)
+                self.assertEqual(response.code, 200, name)
+                self.assertEqual(response.body, static_bytes("shared/" + name))
+                self.assertIsNone(response.header("vary"))
+
+    def test_classic_bundle(self) -> None:
+        sources = {
+            "a/x.js": ModuleSource.parse(
+                "a/x.js",
+                "export const one = 1;\nexport default class X {}\nconst u = import.meta.url;\n",
+            ),
+            "a/y.js": ModuleSource.parse(
+                "a/y.js",
+                'import X, { one } from "./x.js";\nexport function Session() { return one; }\n',
+            ),
+        }
+        self.assertEqual(
+            sources["a/y.js"].imports, (("a/x.js", (("default", "X"), ("one", "one"))),)
         )
-        self.assertIn("__tcpsocket_import_meta_url: import.meta.url", text)
-        self.assertIn("export const lib_tcpsocket = __tcpsocket_scope.lib_tcpsocket;", text)
-        self.assertIn("export const lib_session = __tcpsocket_scope.lib_session;", text)
-        self.assertIn("export default lib_tcpsocket;", text)
-        self.assertNotIn("import ", module_source("shared/core.js", ""))
+        self.assertEqual(sources["a/x.js"].exports, (("one", "one"), ("default", "X")))
+        self.assertIn("__tcpsocket_script_url", sources["a/x.js"].body)
+        from tcpsocket import web
+
+        web._CLASSIC["a/y.js"] = ("lib_y", ("Session",))
+        try:
+            text = classic_bundle("a/y.js", sources)
+        finally:
+            del web._CLASSIC["a/y.js"]
+        self.assertLess(text.index("// ---- a/x.js"), text.index("// ---- a/y.js"))
+        self.assertIn("const X = __tcpsocket_m0.default;", text)
+        self.assertIn("root.lib_y = factory();", text)
+        self.assertNotIn("import ", text)
+        for bad in (
+            'import * as all from "./x.js";',
+            "export * from './x.js';",
+            "import('./x.js');",
+        ):
+            with self.assertRaises(ModuleSyntaxError):
+                ModuleSource.parse("a/z.js", bad + "\n")
 
     async def test_type_declarations(self) -> None:
         response = await self.fetch("/api/v1/tcpsocket/service.d.ts")
@@ -109,9 +177,9 @@ class ContentTests(WebTestCase):
         self.assertEqual(response.body, static_bytes("tcpsocket/service.d.ts"))
 
     async def test_apps_alias(self) -> None:
-        for suffix in (".js", ".mjs"):
-            alias = await self.fetch("/api/v1/apps/service" + suffix)
-            target = await self.fetch("/api/v1/tcpsocket/service" + suffix)
+        for headers in ({}, {"sec_fetch_mode": "cors"}):
+            alias = await self.fetch("/api/v1/apps/service.js", **headers)
+            target = await self.fetch("/api/v1/tcpsocket/service.js", **headers)
             self.assertEqual(alias.code, 200)
             self.assertEqual(alias.body, target.body)
             self.assertEqual(alias.header("etag"), target.header("etag"))
@@ -123,7 +191,8 @@ class ContentTests(WebTestCase):
         self.assertEqual(response.body, b"")
         self.assertEqual(response.header("content-type"), JS)
         self.assertEqual(
-            response.header("content-length"), str(len(static_bytes("shared/core.js")))
+            response.header("content-length"),
+            str(len(ApiV1Resource().assets["shared/core.js"].body)),
         )
 
     async def test_other_methods_are_not_allowed(self) -> None:
@@ -153,16 +222,27 @@ class ContentTests(WebTestCase):
 
     def test_files_are_read_once(self) -> None:
         api = ApiV1Resource()
-        self.assertEqual(api.assets["shared/core.js"].body, static_bytes("shared/core.js"))
+        self.assertEqual(api.modules["shared/core.js"].body, static_bytes("shared/core.js"))
         self.assertIs(api.assets["apps/service.js"], api.assets["tcpsocket/service.js"])
+        self.assertIs(api.modules["apps/service.js"], api.modules["tcpsocket/service.js"])
         self.assertEqual(
             sorted(api.assets),
             sorted(
                 f"{d}/{n}"
                 for d, names in (
-                    ("shared", ("core.js", "core.mjs", "session.js", "session.mjs")),
-                    ("tcpsocket", ("service.js", "service.mjs", "service.d.ts")),
-                    ("apps", ("service.js", "service.mjs", "service.d.ts")),
+                    (
+                        "shared",
+                        (
+                            "bincode.js",
+                            "core.js",
+                            "services.js",
+                            "session.js",
+                            "sessionobject.js",
+                            "ws_transport.js",
+                        ),
+                    ),
+                    ("tcpsocket", ("service.js", "service.d.ts")),
+                    ("apps", ("service.js", "service.d.ts")),
                 )
                 for n in names
             ),
@@ -193,7 +273,7 @@ class ValidatorTests(WebTestCase):
         tags = set()
         for path in (
             "shared/core.js",
-            "shared/core.mjs",
+            "shared/bincode.js",
             "shared/session.js",
             "tcpsocket/service.js",
         ):

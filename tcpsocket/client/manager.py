@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from tcpsocket.bincode import Buffer
+from tcpsocket.client.errors import TcpSocketError
 from tcpsocket.client.events import EventConstants, Listeners, check_event
 from tcpsocket.client.session import Session
 from tcpsocket.client.socket import TcpSocket, reply_value
@@ -63,6 +64,7 @@ class TcpSocketManager(EventConstants):
         self.service_id = service_id
         self._listeners: Listeners[ManagerListener] = Listeners()
         self._sockets: dict[int, TcpSocket] = {}
+        self._released = False
 
     def __repr__(self) -> str:
         return f"<TcpSocketManager {self.service_id} of {self.session.url}>"
@@ -92,6 +94,8 @@ class TcpSocketManager(EventConstants):
         releases the socket if it opens after all.
         """
         host, port = _address(address, host, port)
+        if self._released:
+            return defer.fail(TcpSocketError("service released"))
         content = encode_open(host, port)
         cancelled = False
 
@@ -121,11 +125,16 @@ class TcpSocketManager(EventConstants):
         return result
 
     def release(self) -> Deferred[bool]:
-        """Release this service instance: the daemon closes all its sockets, no events follow."""
-        for socket in self.sockets:
-            socket._released = True
-            socket._detach()
-        return self.session.release_object(self.service_id, 0)
+        """Release this instance: each of its sockets is released (the daemon closes it).
+
+        No events follow and no more sockets open.  Fires with whether the daemon still knew
+        one of the sockets.  The daemon keeps the service object itself, as api-daemon does.
+        """
+        self._released = True
+        releases = [socket.release() for socket in self.sockets]
+        self.session.release_object(self.service_id, 0).addErrback(_ignore)
+        done = defer.gatherResults(releases, consumeErrors=True)
+        return done.addCallback(any)
 
     def add_event_listener(self, event: int, listener: ManagerListener) -> Deferred[None]:
         """Call ``listener(socket, value)`` on each ``event`` of every socket of this instance."""

@@ -5,31 +5,34 @@ import { describe, test } from "node:test";
 
 import { FINGERPRINT, GET_SERVICE_3, ascii, h, hex, loadClassic, toHex } from "./helpers.mjs";
 
-const { lib_session, lib_tcpsocket } = loadClassic();
-const core = lib_session.core;
-const { Fields, Reader, CoreRequest } = core;
+const { ExternalAPI, lib_tcpsocket } = loadClassic();
+const core = ExternalAPI.core;
+const { Fields, Reader, CoreRequest, CoreResponse } = core;
+const coreRequest = (init) => CoreRequest.encode(init);
+/** deepEqual across realms (the scripts run in a vm context). */
+const same = (actual, expected) => assert.deepEqual(JSON.parse(JSON.stringify(actual)), expected);
 
 const enc = (fields) => toHex(fields.encode());
 const req = (service, object, id, content) => toHex(core.encodeRequest(service, object, id, content));
 
 describe("protocol.md D vectors", () => {
   test("handshake token abc / ack ok / ack refused", () => {
-    assert.equal(toHex(core.encodeHandshake("abc")), "03616263");
-    assert.equal(core.decodeHandshakeAck(hex("01")), true);
-    assert.equal(core.decodeHandshakeAck(hex("00")), false);
-    assert.throws(() => core.decodeHandshakeAck(hex("02")), core.DecodeError);
+    assert.equal(toHex(new core.SessionHandshake("abc").encode()), "03616263");
+    same(new core.SessionAck().decode(hex("01")), { success: true });
+    same(new core.SessionAck().decode(hex("00")), { success: false });
+    same(new core.SessionAck().decode(hex("02")), { success: false });
   });
 
   test("GetService TcpSocketManager, request 3", () => {
-    assert.equal(req(0, 0, 3, CoreRequest.getService("TcpSocketManager", FINGERPRINT)), GET_SERVICE_3);
+    assert.equal(req(0, 0, 3, coreRequest({ variant: 0, name: "TcpSocketManager", fingerprint: FINGERPRINT })), GET_SERVICE_3);
   });
 
   test("GetService replies: success / missing permission / fingerprint mismatch / unknown", () => {
     const cases = [
-      ["00 00 01 03 03 00 00 01", { result: "Success", serviceId: 1 }],
-      ["00 00 01 03 02 00 03", { result: "MissingPermission", serviceId: null }],
-      ["00 00 01 03 02 00 02", { result: "FingerprintMismatch", serviceId: null }],
-      ["00 00 01 03 02 00 01", { result: "UnknownService", serviceId: null }],
+      ["00 00 01 03 03 00 00 01", { service: 1 }],
+      ["00 00 01 03 02 00 03", { error: "MissingPermission" }],
+      ["00 00 01 03 02 00 02", { error: "FingerprintMismatch" }],
+      ["00 00 01 03 02 00 01", { error: "UnknownService" }],
     ];
     for (const [bytes, expected] of cases) {
       const msg = core.decodeBaseMessage(hex(bytes));
@@ -37,21 +40,16 @@ describe("protocol.md D vectors", () => {
       assert.equal(msg.object, 0);
       assert.equal(msg.kind, core.KIND_RESPONSE);
       assert.equal(msg.requestId, 3);
-      const res = core.decodeCoreResponse(msg.content);
-      assert.equal(res.tag, 0);
-      assert.equal(res.result, expected.result);
-      assert.equal(res.serviceId, expected.serviceId);
+      same(CoreResponse.decode(msg.content), { variant: 0, response: expected });
     }
   });
 
   test("GetService InternalError carries its string", () => {
-    const res = core.decodeCoreResponse(hex("00 04 03" + ascii("bad")));
-    assert.equal(res.result, "InternalError");
-    assert.equal(res.message, "bad");
+    same(CoreResponse.decode(hex("00 04 03" + ascii("bad"))), { variant: 0, response: { error: "Internal:bad" } });
   });
 
   test("HasService TcpSocketManager, request 17", () => {
-    assert.equal(req(0, 0, 17, CoreRequest.hasService("TcpSocketManager")), h("00 00 00 11 12 01 10") + ascii("TcpSocketManager"));
+    assert.equal(req(0, 0, 17, coreRequest({ variant: 1, name: "TcpSocketManager" })), h("00 00 00 11 12 01 10") + ascii("TcpSocketManager"));
   });
 
   test("open {127.0.0.1, 7878}, request 5, service 1", () => {
@@ -67,10 +65,10 @@ describe("protocol.md D vectors", () => {
   });
 
   test("EnableEvent (1, 1, DATA), request 7 / reply", () => {
-    assert.equal(req(0, 0, 7, CoreRequest.enableEvent(1, 1, lib_tcpsocket.DATA_EVENT)), h("00 00 00 07 04 03 01 01 01"));
+    assert.equal(req(0, 0, 7, coreRequest({ variant: 3, service: 1, object: 1, event: lib_tcpsocket.TcpSocketManager.DATA_EVENT })), h("00 00 00 07 04 03 01 01 01"));
     const msg = core.decodeBaseMessage(hex("00 00 01 07 02 03 01"));
     assert.equal(msg.requestId, 7);
-    assert.deepEqual({ ...core.decodeCoreResponse(msg.content) }, { tag: 3, success: true });
+    same(CoreResponse.decode(msg.content), { variant: 3, success: true });
   });
 
   test("send Hello to socket 1, request 9 / reply true", () => {
@@ -106,11 +104,11 @@ describe("protocol.md D vectors", () => {
   });
 
   test("ReleaseObject (1, 1), request 13", () => {
-    assert.equal(req(0, 0, 13, CoreRequest.releaseObject(1, 1)), h("00 00 00 0d 03 02 01 01"));
+    assert.equal(req(0, 0, 13, coreRequest({ variant: 2, service: 1, object: 1 })), h("00 00 00 0d 03 02 01 01"));
   });
 
   test("DisableEvent (1, 1, DATA), request 15", () => {
-    assert.equal(req(0, 0, 15, CoreRequest.disableEvent(1, 1, 1)), h("00 00 00 0f 04 04 01 01 01"));
+    assert.equal(req(0, 0, 15, coreRequest({ variant: 4, service: 1, object: 1, event: 1 })), h("00 00 00 0f 04 04 01 01 01"));
   });
 
   test("varints 65535 / 65536 / 65536 in FD form", () => {
@@ -216,8 +214,8 @@ describe("primitive encoding", () => {
   test("daemon->client messages: trailing bytes are ignored", () => {
     const msg = core.decodeBaseMessage(hex("01 00 01 05 02 0c 01 ee ff"));
     assert.equal(toHex(msg.content), "0c01");
-    assert.equal(core.decodeCoreResponse(hex("03 01 99")).success, true);
-    assert.equal(core.decodeHandshakeAck(hex("01 02 03")), true);
+    assert.equal(CoreResponse.decode(hex("03 01 99")).success, true);
+    assert.equal(new core.SessionAck().decode(hex("01 02 03")).success, true);
   });
 
   test("permission error kind", () => {
@@ -254,4 +252,57 @@ test("fingerprint is recomputed from the protocol.md A.5 list", () => {
   assert.equal(lib_tcpsocket.FINGERPRINT, fingerprint);
   assert.equal(lib_tcpsocket.TcpSocketManager.FINGERPRINT, fingerprint);
   assert.equal(lib_tcpsocket.SERVICE_NAME, "TcpSocketManager");
+  // The GetService frame carries it.
+  assert.ok(GET_SERVICE_3.endsWith(ascii(fingerprint)));
+});
+
+describe("api-daemon's codec API (bincode.js)", () => {
+  const { Encoder, Decoder, ObjectDecoder } = core;
+  test("Encoder: chainable writes, trimmed value(), type errors", () => {
+    const e = new Encoder();
+    assert.equal(e.varint(5).string("abc").bool(true).u8_array(new Uint8Array([1, 2])).void(), e);
+    assert.equal(toHex(e.value()), "0503616263010201 02".replace(/\s/g, ""));
+    assert.equal(e.value().buffer.byteLength, 9);
+    assert.throws(() => new Encoder().string(1), { message: "Expected string, but got number" });
+    assert.throws(() => new Encoder().u8_array("x"), { message: "Expected uintarray, but got string" });
+    assert.equal(toHex(new Encoder().full_u16(258).full_u32(1).value()), "010200000001");
+    assert.equal(toHex(new Encoder().reset().url(new URL("http://a/")).value()), "09" + ascii("http://a/"));
+  });
+
+  test("i64 coerces as the runtime does: non-numbers 0, numeric strings, truncation", () => {
+    const ints = (...values) => toHex(values.reduce((e, v) => e.i64(v), new Encoder()).value());
+    assert.equal(ints(NaN, undefined, null, "abc", {}), "0000000000");
+    assert.equal(ints("7878", "0x10", 1.5, -1.5, true), "fb3d8c" + "20" + "02" + "01" + "02");
+    assert.equal(ints(65535), "fc0001fffe");
+  });
+
+  test("Decoder reads every type, void is {}, past the end is Error('eof')", () => {
+    const bytes = new Encoder().varint(70000).i64(-3).string("hé").bool(false).u8_array(new Uint8Array([7])).json({ a: 1 }).value();
+    const d = new Decoder(bytes);
+    assert.deepEqual([d.varint(), d.i64(), d.string(), d.bool()], [70000, -3, "hé", false]);
+    const view = d.u8_array();
+    assert.equal(view.buffer.byteLength >= bytes.length, true);
+    assert.deepEqual(Array.from(view), [7]);
+    assert.equal(d.json().a, 1);
+    assert.equal(Object.keys(d.void()).length, 0);
+    assert.throws(() => d.varint(), { message: "eof" });
+    assert.equal(new Decoder(hex("fd 00 00 00 00 00 01 11 70")).varint(), 70000);
+  });
+
+  test("ObjectDecoder builds an object, chained", () => {
+    const bytes = new Encoder().string("127.0.0.1").i64(7878).value();
+    same(new ObjectDecoder(bytes).string("host").i64("port").finalize(), { host: "127.0.0.1", port: 7878 });
+  });
+});
+
+test("core's messages: BaseMessage encode/decode, with or without new", () => {
+  const { BaseMessage, SessionHandshake, SessionAck } = core;
+  const msg = BaseMessage(1, 1, hex("02 05 48 65 6c 6c 6f")).set_request(9);
+  assert.equal(toHex(msg.encode()), h("01 01 00 09 07 02 05 48 65 6c 6c 6f"));
+  assert.equal(toHex(new BaseMessage(0, 0, hex("03 01")).set_response(7).encode()), h("00 00 01 07 02 03 01"));
+  same({ ...BaseMessage.decode(hex("01 01 02 07 09 05 48 65 6c 6c 6f")), content: null }, { service: 1, object: 1, kind: 2, is_event: true, content: null });
+  same(BaseMessage.decode(hex("01 00 03 05 01 70 01 6d 02 01 00")).permissionError, { request: 5, permission: "p", message: "m" });
+  assert.equal(BaseMessage.decode(hex("01 00 01 05 02 0c 01")).response, 5);
+  assert.equal(toHex(SessionHandshake("abc").encode()), "03616263");
+  assert.equal(SessionAck().decode(hex("01")).success, true);
 });

@@ -13,9 +13,11 @@ export const repoRoot = resolve(here, "..", "..");
 let served = null;
 
 /**
- * Directory holding exactly what ApiV1Resource serves (classic scripts and
- * the generated .mjs modules), dumped once per process through Python.
- * TCPSOCKET_SERVED_DIR overrides it.
+ * Directory holding exactly what ApiV1Resource serves, dumped once per
+ * process through Python: the default form of every path at that path (the
+ * classic scripts for core.js, session.js, service.js), and every file's
+ * ES-module form below esm/ (what `import` gets). TCPSOCKET_SERVED_DIR
+ * overrides it.
  */
 export function servedDir() {
   if (served !== null) return served;
@@ -28,10 +30,12 @@ export function servedDir() {
     "import pathlib, sys",
     "from tcpsocket.web import ApiV1Resource",
     "out = pathlib.Path(sys.argv[1])",
-    "for path, asset in ApiV1Resource().assets.items():",
-    "    target = out / path",
-    "    target.parent.mkdir(parents=True, exist_ok=True)",
-    "    target.write_bytes(asset.body)",
+    "api = ApiV1Resource()",
+    "for prefix, assets in (('', api.assets), ('esm/', {**api.assets, **api.modules})):",
+    "    for path, asset in assets.items():",
+    "        target = out / (prefix + path)",
+    "        target.parent.mkdir(parents=True, exist_ok=True)",
+    "        target.write_bytes(asset.body)",
   ].join("\n");
   const python = process.env.PYTHON || "python3";
   const env = { ...process.env, PYTHONPATH: [repoRoot, process.env.PYTHONPATH].filter(Boolean).join(":") };
@@ -184,7 +188,16 @@ export function loadClassic({ base = "http://127.0.0.1:8081/api/v1/", page = "ht
   }
   const after = Object.getOwnPropertyNames(vm.runInContext("globalThis", context));
   const added = after.filter((name) => !before.has(name));
-  return { context, clock, sockets, errors, added, lib_session: context.lib_session, lib_tcpsocket: context.lib_tcpsocket };
+  return {
+    context,
+    clock,
+    sockets,
+    errors,
+    added,
+    ExternalAPI: context.ExternalAPI,
+    lib_session: context.lib_session,
+    lib_tcpsocket: context.lib_tcpsocket,
+  };
 }
 
 /** Let pending promise reactions run. */
@@ -200,7 +213,7 @@ export const GET_SERVICE_3 = h("00 00 00 03 4d 00 10") + ascii("TcpSocketManager
  * {env, session, ws, manager, state}.
  */
 export async function connectManager(env = loadClassic(), { lazy = false } = {}) {
-  const state = { connected: 0, disconnected: 0, errors: [] };
+  const state = { connected: 0, disconnected: 0, errors: [], disconnects: [] };
   const session = new env.lib_session.Session();
   session.open(
     "websocket",
@@ -208,7 +221,10 @@ export async function connectManager(env = loadClassic(), { lazy = false } = {})
     "abc",
     {
       onsessionconnected: () => state.connected++,
-      onsessiondisconnected: () => state.disconnected++,
+      onsessiondisconnected: (e) => {
+        state.disconnected++;
+        state.disconnects.push(e);
+      },
       onsessionconnectionerror: (e) => state.errors.push(e),
     },
     lazy
@@ -219,8 +235,15 @@ export async function connectManager(env = loadClassic(), { lazy = false } = {})
   ws.serverSend("01");
   const pending = env.lib_tcpsocket.TcpSocketManager.get(session);
   const [frame] = ws.take();
-  const id = env.lib_session.core.decodeBaseMessage(hex(frame)).requestId;
-  ws.serverSend(env.lib_session.core.encodeResponse(0, 0, id, new env.lib_session.core.Fields().u(0).u(0).u(1)));
+  const core = env.ExternalAPI.core;
+  const id = core.decodeBaseMessage(hex(frame)).requestId;
+  ws.serverSend(core.encodeResponse(0, 0, id, hex("00 00 01")));
   const manager = await pending;
-  return { env, session, ws, manager, state };
+  return { env, session, ws, manager, state, core };
+}
+
+/** Answer the last request `ws` sent (its id from the frame) with `contentHex`, from `service`/`object`. */
+export function reply(core, ws, frameHex, contentHex) {
+  const msg = core.decodeBaseMessage(hex(frameHex));
+  ws.serverSend(core.encodeResponse(msg.service, msg.object, msg.requestId, hex(contentHex)));
 }

@@ -1,49 +1,62 @@
-// Type declarations of the tcpsocket JavaScript client library.
+// Type declarations of the tcpsocket JavaScript client library (api-daemon's
+// runtime API, plus our additions; doc/javascript.md).
 //
-// Classic scripts (shared/core.js, shared/session.js, tcpsocket/service.js)
-// define the globals `lib_session` and `lib_tcpsocket`, declared below in
-// `declare global`. The ES modules (shared/session.mjs, tcpsocket/service.mjs)
-// export the same objects: `import { lib_session, lib_tcpsocket } from
-// ".../tcpsocket/service.mjs"` (service.mjs also has `lib_tcpsocket` as its
-// default export).
+// The same URLs serve both generations:
+// - classic <script src> of shared/core.js, shared/session.js and
+//   tcpsocket/service.js (or apps/service.js) define the globals
+//   `ExternalAPI`, `lib_session` and `lib_tcpsocket`, declared in
+//   `declare global` below;
+// - `import` of them gives ES modules: `import { Session } from
+//   ".../shared/session.js"`, `import { TcpSocketManager } from
+//   ".../tcpsocket/service.js"`.
 
-/** Rejection value of every call made while the session is not connected,
- * or on an object of a previous connection. */
+/** Result of Session.open / open_url / reconnect. */
+export interface OpenResult {
+  success: boolean;
+  /** "success", "Invalid token", "Unsupported url. Url should be a valid websocket url", ... */
+  cause: string;
+}
+
+/** A call made while the session is not connected, or pending when it ended. */
 export interface SessionClosedError {
   reason: "session_closed";
+  /** "zombie session (message was …)", "client closed session", "daemon restarting",
+   * "connection lost" or "an object of an earlier connection". */
+  value: string;
 }
 
-/** Rejection value of a failed TcpSocket / TcpSocketManager method. */
+/** The error variant of a method: `value` is `{}` as in api-daemon; `message` is the daemon's reason. */
 export interface CallFailure {
+  method_name: "Open" | "Close" | "Resume" | "Send" | "Suspend";
   reason: "call_failure";
-  value: { message: string };
-}
-
-/** A response the library could not decode. */
-export interface ProtocolError {
-  reason: "protocol_error";
-  message: string;
-}
-
-/** Rejection value of GetService (TcpSocketManager.get). */
-export interface GetServiceError {
-  reason: "UnknownService" | "FingerprintMismatch" | "MissingPermission" | "InternalError";
-  /** The service name asked for. */
-  name: string;
-  /** Only for InternalError. */
+  value: Record<string, never>;
   message?: string;
 }
 
-export type SessionError = SessionClosedError | ProtocolError;
+/** The daemon answered with a permission error (BaseMessage kind 3). */
+export interface PermissionFailure {
+  method_name?: string;
+  reason: "permission_error";
+  value: { request?: number; permission: string; message: string };
+}
 
-/** Argument of onsessionconnectionerror. */
+/** release() when the daemon no longer knows the object (and always for a service object). */
+export interface ReleaseFailure {
+  reason: "call_failure";
+  value: "No such object";
+}
+
+/** TcpSocketManager.get() rejects with one of these strings ("Internal:<message>" too). */
+export type GetServiceError = "UnknownService" | "FingerprintMismatch" | "MissingPermission" | `Internal:${string}`;
+
+/** Argument of onsessionconnectionerror (our addition; api-daemon passes none). */
 export interface ConnectionErrorInfo {
   reason: "token_refused" | "connection_failed";
   code?: number;
   message?: string;
 }
 
-/** Argument of onsessiondisconnected (the WebSocket close code and reason). */
+/** Argument of onsessiondisconnected (our addition): the WebSocket close code and reason. */
 export interface DisconnectInfo {
   code: number;
   reason: string;
@@ -57,183 +70,107 @@ export interface SessionState {
 
 export declare class Session {
   constructor();
+  requests: Map<number, unknown>;
+  request_id: number;
+  next_id: number;
+  tracked: Map<number, unknown>;
+  tracked_events: Map<string, unknown>;
   /** True while the WebSocket is open and the token was accepted. */
-  readonly connected: boolean;
-  /** Connection counter; objects created on an older connection are dead. */
+  connected: boolean;
+  /** True while lazy reconnection is trying. */
+  reconnecting: boolean;
+  objectRegistry: FinalizationRegistry<{ id: number; service: number }>;
+  /** Service id -> service name. */
+  services: Record<number, string>;
+  /** Connection counter (ours); objects of an earlier connection are stale. */
   readonly generation: number;
   /**
-   * Connect to `ws[s]://host[:port]/ws`. A host without a port uses the port
-   * of the daemon that served session.js (8081 if unknown).
+   * Connect to `ws[s]://host[:port]/ws`. `host` defaults to "localhost:8081"; without a
+   * port, the port of the daemon that served session.js. With `lazy_reconnect`, a lost or
+   * failed connection is retried (250 ms doubling to 5 s) until it succeeds.
    */
-  open(kind: "websocket", host: string, token: string, sessionstate: SessionState, lazyReconnect?: boolean): void;
-  /** Connect to an explicit ws:// or wss:// URL. */
-  open_url(url: string, token: string, sessionstate: SessionState, lazyReconnect?: boolean): void;
-  /** Close for good (no reconnection); pending calls reject with session_closed. */
+  open(kind: "websocket", host: string | undefined, token: string, state: SessionState, lazy_reconnect?: boolean): OpenResult;
+  open_url(url: string, token: string, state: SessionState, lazy_reconnect?: boolean): OpenResult;
+  /** Close for good: pending calls reject, onsessiondisconnected follows the WebSocket's close. */
   close(): void;
-  /** HasService(name). */
+  is_connected(): boolean;
+  /** A new connection to the same URL now. */
+  reconnect(): OpenResult;
   has_service(name: string): Promise<boolean>;
-  /** GetService(name, fingerprint) -> the new service id. */
+  /** GetService -> the new service id (TcpSocketManager.get is what apps use). */
   get_service(name: string, fingerprint: string): Promise<number>;
-  enable_event(service: number, object: number, event: number, generation?: number): Promise<boolean>;
-  disable_event(service: number, object: number, event: number, generation?: number): Promise<boolean>;
-  release_object(service: number, object: number, generation?: number): Promise<boolean>;
 }
 
-/** The wire codec (protocol.md part A); mostly for tests and tools. */
-export interface Core {
-  readonly DecodeError: new (message: string) => Error;
-  readonly Fields: new () => Fields;
-  readonly Reader: new (bytes: Uint8Array) => Reader;
-  toUint8Array(data: BinaryData): Uint8Array;
-  readonly KIND_REQUEST: 0;
-  readonly KIND_RESPONSE: 1;
-  readonly KIND_EVENT: 2;
-  readonly KIND_PERMISSION_ERROR: 3;
-  encodeHandshake(token: string): Uint8Array;
-  decodeHandshakeAck(bytes: BinaryData): boolean;
-  encodeRequest(service: number, object: number, requestId: number | bigint, content: Fields): Uint8Array;
-  encodeResponse(service: number, object: number, requestId: number | bigint, content: Fields): Uint8Array;
-  encodeEvent(service: number, object: number, content: Fields): Uint8Array;
-  decodeBaseMessage(bytes: BinaryData): BaseMessage;
-  decodeCoreResponse(content: Uint8Array):
-    | { tag: 0; result: GetServiceError["reason"] | "Success"; serviceId: number | null; message: string | null }
-    | { tag: 1 | 2 | 3 | 4; success: boolean };
-}
-
-export interface Fields {
-  u(value: number | bigint, max?: number | bigint): this;
-  u32(value: number): this;
-  i(value: number | bigint): this;
-  bool(value: boolean): this;
-  str(value: string): this;
-  bytes(value: BinaryData): this;
-  nested(fields: Fields): this;
-  size(): number;
-  encode(): Uint8Array;
-}
-
-export interface Reader {
-  pos: number;
-  remaining(): number;
-  u16(): number;
-  u32(): number;
-  u64(): number | bigint;
-  i64(): number | bigint;
-  bool(): boolean;
-  str(): string;
-  bytesView(): Uint8Array;
-  bytesCopy(): Uint8Array;
-  end(): void;
-}
-
-export interface BaseMessage {
-  service: number;
-  object: number;
-  kind: 0 | 1 | 2 | 3;
-  requestId: number | bigint | null;
-  permission: string | null;
-  message: string | null;
-  content: Uint8Array;
-}
-
-export interface LibSession {
-  readonly Session: typeof Session;
-  readonly core: Core;
-  /** The WebSocket URL `open("websocket", host, ...)` would use. */
-  websocketUrl(host: string): string;
-  /** URL session.js was loaded from ("" if unknown). */
-  readonly scriptUrl: string;
-  readonly DEFAULT_PORT: 8081;
-}
-
-/** What send() accepts: bytes, or a string sent as UTF-8. */
-export type BinaryData = ArrayBuffer | ArrayBufferView | string;
-
-export type CLOSE_EVENT = 0;
-export type DATA_EVENT = 1;
-export type DRAIN_EVENT = 2;
-export type ERROR_EVENT = 3;
-export type TcpSocketEvent = CLOSE_EVENT | DATA_EVENT | DRAIN_EVENT | ERROR_EVENT;
-
-/** Value delivered to a listener of each event. */
-export interface TcpSocketEventValue {
-  0: undefined;
-  1: Uint8Array;
-  2: boolean;
-  3: string;
-}
-
-export type TcpSocketListener<E extends TcpSocketEvent> =
-  | ((this: TcpSocket, value: TcpSocketEventValue[E]) => void)
-  | { handleEvent(value: TcpSocketEventValue[E]): void };
+/** A TcpSocket listener: a function called with `this` = the socket, or an object with handleEvent. */
+export type Listener<T> = ((this: TcpSocket, value: T) => void) | { handleEvent(value: T): void };
 
 interface EventConstants {
-  readonly CLOSE_EVENT: CLOSE_EVENT;
-  readonly DATA_EVENT: DATA_EVENT;
-  readonly DRAIN_EVENT: DRAIN_EVENT;
-  readonly ERROR_EVENT: ERROR_EVENT;
+  readonly CLOSE_EVENT: 0;
+  readonly DATA_EVENT: 1;
+  readonly DRAIN_EVENT: 2;
+  readonly ERROR_EVENT: 3;
+}
+
+interface SessionObjectBase {
+  /** Object id: 0 for a service instance, the socket id for a socket. */
+  id: number;
+  session: Session;
+  service_id: number;
+  wrapper_payload_message: unknown;
+  event_callbacks: Record<string, unknown[]>;
+  /** ReleaseObject: resolves with undefined; rejects with ReleaseFailure. */
+  release(): Promise<undefined>;
+  dispatchEvent(event_id: number, value: unknown): void;
+}
+
+export interface TcpSocket extends SessionObjectBase, EventConstants {
+  /** The same as `id` (our earlier name). */
+  readonly object_id: number;
+  /** Bytes: any typed array or DataView (its bytes), an ArrayBuffer, or a string (UTF-8).
+   * Resolves false when the sender should wait for DRAIN. Throws for other types. */
+  send(data: ArrayBufferView | ArrayBuffer | string): Promise<boolean>;
+  /** Stop reading from the remote; n suspends need n resumes. */
+  suspend(): Promise<{}>;
+  resume(): Promise<{}>;
+  /** Graceful close; CLOSE follows. */
+  close(): Promise<{}>;
+  addEventListener(event: 0, listener: Listener<{}>): void;
+  addEventListener(event: 1, listener: Listener<Uint8Array>): void;
+  addEventListener(event: 2, listener: Listener<boolean>): void;
+  addEventListener(event: 3, listener: Listener<string>): void;
+  removeEventListener(event: number, listener: Listener<any>): void;
 }
 
 export interface SocketAddress {
   host: string;
-  port: number | bigint;
+  /** Coerced like api-daemon's runtime: "7878" is 7878, anything not numeric 0. */
+  port: number | string;
 }
 
-export declare class TcpSocket implements EventConstants {
-  private constructor();
-  readonly CLOSE_EVENT: CLOSE_EVENT;
-  readonly DATA_EVENT: DATA_EVENT;
-  readonly DRAIN_EVENT: DRAIN_EVENT;
-  readonly ERROR_EVENT: ERROR_EVENT;
-  readonly service_id: number;
-  readonly object_id: number;
-  /** true while under the daemon's high-water mark; after false wait for DRAIN. */
-  send(data: BinaryData): Promise<boolean>;
-  suspend(): Promise<void>;
-  resume(): Promise<void>;
-  close(): Promise<void>;
-  /** ReleaseObject: the daemon closes and forgets the socket. */
-  release(): Promise<boolean>;
-  addEventListener<E extends TcpSocketEvent>(event: E, listener: TcpSocketListener<E>): void;
-  removeEventListener<E extends TcpSocketEvent>(event: E, listener: TcpSocketListener<E>): void;
-}
-
-export declare class TcpSocketManager implements EventConstants {
-  private constructor();
-  static readonly SERVICE_NAME: "TcpSocketManager";
-  static readonly FINGERPRINT: string;
-  static readonly CLOSE_EVENT: CLOSE_EVENT;
-  static readonly DATA_EVENT: DATA_EVENT;
-  static readonly DRAIN_EVENT: DRAIN_EVENT;
-  static readonly ERROR_EVENT: ERROR_EVENT;
-  /** GetService("TcpSocketManager"): rejects with GetServiceError or SessionClosedError. */
-  static get(session: Session): Promise<TcpSocketManager>;
-  readonly CLOSE_EVENT: CLOSE_EVENT;
-  readonly DATA_EVENT: DATA_EVENT;
-  readonly DRAIN_EVENT: DRAIN_EVENT;
-  readonly ERROR_EVENT: ERROR_EVENT;
-  readonly service_id: number;
-  /** Resolves once connected; rejects with CallFailure (value.message says why). */
+/** A TcpSocketManager instance (object 0 of its service). */
+export interface TcpSocketFactory extends SessionObjectBase, EventConstants {
+  /** Resolves once connected; rejects with CallFailure (method_name "Open"). */
   open(addr: SocketAddress): Promise<TcpSocket>;
-  /** Listen to the events of every socket this manager opened (`this` is the socket). */
-  addEventListener<E extends TcpSocketEvent>(event: E, listener: TcpSocketListener<E>): void;
-  removeEventListener<E extends TcpSocketEvent>(event: E, listener: TcpSocketListener<E>): void;
+  /** Ours: a listener for that event of every socket of this manager, `this` = the socket. */
+  addEventListener(event: 0, listener: Listener<{}>): void;
+  addEventListener(event: 1, listener: Listener<Uint8Array>): void;
+  addEventListener(event: 2, listener: Listener<boolean>): void;
+  addEventListener(event: 3, listener: Listener<string>): void;
+  removeEventListener(event: number, listener: Listener<any>): void;
 }
 
-export interface LibTcpSocket extends EventConstants {
-  readonly TcpSocketManager: typeof TcpSocketManager;
-  readonly TcpSocket: typeof TcpSocket;
+export declare const TcpSocketManager: {
+  /** GetService("TcpSocketManager"): rejects with a GetServiceError string or SessionClosedError. */
+  get(session: Session): Promise<TcpSocketFactory>;
   readonly SERVICE_NAME: "TcpSocketManager";
   readonly FINGERPRINT: string;
-}
-
-export declare const lib_session: LibSession;
-export declare const lib_tcpsocket: LibTcpSocket;
-export default lib_tcpsocket;
+} & EventConstants;
 
 declare global {
-  /** Defined by the classic scripts shared/core.js + shared/session.js. */
-  var lib_session: LibSession;
-  /** Defined by the classic script tcpsocket/service.js (or apps/service.js). */
-  var lib_tcpsocket: LibTcpSocket;
+  /** core.js as a classic script. */
+  const ExternalAPI: { core: Record<string, unknown> };
+  /** session.js as a classic script. */
+  const lib_session: { Session: typeof Session; websocketUrl(host: string): string; scriptUrl: string };
+  /** tcpsocket/service.js (or apps/service.js) as a classic script. */
+  const lib_tcpsocket: { TcpSocketManager: typeof TcpSocketManager };
 }

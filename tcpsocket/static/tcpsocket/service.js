@@ -1,358 +1,303 @@
 /*
- * tcpsocket client library -- the TcpSocketManager service (lib_tcpsocket).
+ * tcpsocket client library -- the TcpSocketManager service.
  *
- * Needs shared/core.js and shared/session.js first. Classic script: defines
- * the global `lib_tcpsocket` and nothing else. ES module (`service.mjs`,
- * generated from this same file by tcpsocket/web.py): exports
- * `lib_tcpsocket` (default export too) and re-exports `lib_session`.
+ * ES module; named export `TcpSocketManager` = {get(session)} (the classic
+ * script at the same URL defines the global `lib_tcpsocket`). Built on the
+ * shared runtime like api-daemon's generated service, plus our additions:
+ * string and ArrayBuffer sends, the daemon's reason beside every failure's
+ * `value`, and listeners on the manager for the events of all its sockets.
  */
-(function (root) {
-  "use strict";
+// api-daemon's generated service imports these three modules (Encoder, Decoder and
+// wrapBlob unused here, kept so the module graph is the same).
+import Services from '../shared/services.js';
+import SessionObject, { callListeners } from '../shared/sessionobject.js';
+import { Encoder, Decoder, wrapBlob, Fields, Reader, toUint8Array } from '../shared/bincode.js';
 
-  const lib_session = root.lib_session;
-  if (lib_session === null || typeof lib_session !== "object" || !lib_session.core || !lib_session.Session) {
-    throw new Error("tcpsocket: load shared/core.js and shared/session.js before service.js");
-  }
-  const core = lib_session.core;
-  const reportError = lib_session.reportError;
+export const SERVICE_NAME = "TcpSocketManager";
+export const FINGERPRINT = "80b7d391444db6fd2eca3b489c6c4aac8144ad3de7852f5b476abb17bf";
 
-  const SERVICE_NAME = "TcpSocketManager";
-  const FINGERPRINT = "80b7d391444db6fd2eca3b489c6c4aac8144ad3de7852f5b476abb17bf";
+export const CLOSE_EVENT = 0;
+export const DATA_EVENT = 1;
+export const DRAIN_EVENT = 2;
+export const ERROR_EVENT = 3;
+const EVENT_COUNT = 4;
 
-  const CLOSE_EVENT = 0;
-  const DATA_EVENT = 1;
-  const DRAIN_EVENT = 2;
-  const ERROR_EVENT = 3;
-  const EVENT_COUNT = 4;
+/* Request tags (client -> daemon). */
+const REQ_CLOSE = 0;
+const REQ_RESUME = 1;
+const REQ_SEND = 2;
+const REQ_SUSPEND = 3;
+const REQ_OPEN = 4;
 
-  // Request tags (client -> daemon).
-  const REQ_CLOSE = 0;
-  const REQ_RESUME = 1;
-  const REQ_SEND = 2;
-  const REQ_SUSPEND = 3;
-  const REQ_OPEN = 4;
+/* Response and event tags (daemon -> client). */
+const RES_CLOSE = 0;
+const RES_RESUME = 2;
+const RES_SEND = 4;
+const RES_SUSPEND = 6;
+const EV_CLOSE = 8;
+const EV_DATA = 9;
+const EV_DRAIN = 10;
+const EV_ERROR = 11;
+const RES_OPEN = 12;
 
-  // Response / event tags (daemon -> client).
-  const RES_CLOSE_OK = 0;
-  const RES_RESUME_OK = 2;
-  const RES_SEND_OK = 4;
-  const RES_SUSPEND_OK = 6;
-  const EV_CLOSE = 8;
-  const EV_DATA = 9;
-  const EV_DRAIN = 10;
-  const EV_ERROR = 11;
-  const RES_OPEN_OK = 12;
-
-  function failure(message) {
-    return { reason: "call_failure", value: { message } };
-  }
-
-  /**
-   * Decoder of a method's Response: success tag `ok` (value read by
-   * `readValue`), error tag `ok + 1` optionally followed by a detail string
-   * (protocol C.1), which becomes the rejection's value.message.
-   */
-  function resultDecoder(ok, readValue, defaultMessage) {
-    return (content) => {
-      const r = new core.Reader(content);
-      const tag = r.u32();
-      if (tag === ok) return readValue === null ? undefined : readValue(r);
-      if (tag === ok + 1) {
-        let message = defaultMessage;
-        if (r.remaining() > 0) {
-          try {
-            message = r.str() || defaultMessage;
-          } catch (e) {
-            /* unknown trailing data: keep the default */
-          }
-        }
-        throw failure(message);
-      }
-      throw new core.DecodeError(`unexpected response tag ${tag}`);
-    };
-  }
-
-  const decodeClose = resultDecoder(RES_CLOSE_OK, null, "close failed");
-  const decodeResume = resultDecoder(RES_RESUME_OK, null, "resume failed");
-  const decodeSend = resultDecoder(RES_SEND_OK, (r) => r.bool(), "send failed");
-  const decodeSuspend = resultDecoder(RES_SUSPEND_OK, null, "suspend failed");
-  const decodeOpen = resultDecoder(RES_OPEN_OK, (r) => r.u32(), "open failed");
-
-  function checkEvent(event) {
-    if (!Number.isInteger(event) || event < 0 || event >= EVENT_COUNT) {
-      throw new RangeError(`unknown event ${String(event)}`);
-    }
-  }
-
-  function isListener(listener) {
-    return (
-      typeof listener === "function" ||
-      (listener !== null && typeof listener === "object" && typeof listener.handleEvent === "function")
-    );
-  }
-
-  function invoke(listeners, listener, target, value) {
-    if (!listeners.has(listener)) return; // removed during this dispatch
+/** The daemon's optional reason after an error variant (protocol C.1), or a default. */
+function reasonAfter(r, fallback) {
+  if (r.remaining() > 0) {
     try {
-      if (typeof listener === "function") listener.call(target, value);
-      else listener.handleEvent(value);
+      return r.str() || fallback;
     } catch (e) {
-      reportError(e);
+      /* an unknown extension: keep the default */
     }
   }
+  return fallback;
+}
 
-  function newListenerSets() {
-    const sets = [];
-    for (let e = 0; e < EVENT_COUNT; e++) sets.push(new Set());
-    return sets;
-  }
-
-  function newRef(target) {
-    return typeof WeakRef === "function" ? new WeakRef(target) : { deref: () => target };
-  }
-
-  /**
-   * A TCP client socket opened by TcpSocketManager.open(). Events: DATA
-   * (Uint8Array), DRAIN (boolean), ERROR (string), CLOSE (undefined).
-   */
-  class TcpSocket {
-    constructor(manager, objectId) {
-      this._manager = manager;
-      this._session = manager._session;
-      this._generation = manager._generation;
-      this.service_id = manager.service_id;
-      this.object_id = objectId;
-      this._listeners = newListenerSets();
-      this._enabled = [false, false, false, false];
-      this._closed = false; // CLOSE event seen
-      this._released = false;
-    }
-
-    /** Write bytes (ArrayBuffer, ArrayBufferView or string as UTF-8) -> Promise<boolean>. */
-    send(data) {
-      let bytes;
-      try {
-        bytes = core.toUint8Array(data);
-      } catch (e) {
-        return Promise.reject(failure(`send: ${e.message}`));
-      }
-      return this._call(new core.Fields().u(REQ_SEND).bytes(bytes), decodeSend);
-    }
-
-    /** Stop reading from the remote (nests: n suspends need n resumes). */
-    suspend() {
-      return this._call(new core.Fields().u(REQ_SUSPEND), decodeSuspend);
-    }
-
-    /** Undo one suspend(). */
-    resume() {
-      return this._call(new core.Fields().u(REQ_RESUME), decodeResume);
-    }
-
-    /** Graceful close: buffered data is written, then FIN; CLOSE follows. */
-    close() {
-      return this._call(new core.Fields().u(REQ_CLOSE), decodeClose);
-    }
-
-    /**
-     * Forget the socket on both sides (core ReleaseObject; the daemon closes
-     * it) -> Promise<boolean>: whether the daemon still knew it.
-     */
-    release() {
-      if (this._released) return Promise.resolve(false);
-      this._released = true;
-      this._session._unregister(this.service_id, this.object_id, this);
-      this._manager._forget(this.object_id);
-      return this._session.release_object(this.service_id, this.object_id, this._generation);
-    }
-
-    addEventListener(event, listener) {
-      checkEvent(event);
-      if (!isListener(listener)) throw new TypeError("listener must be a function");
-      const set = this._listeners[event];
-      if (set.has(listener)) return;
-      set.add(listener);
-      this._sync(event);
-    }
-
-    removeEventListener(event, listener) {
-      checkEvent(event);
-      if (this._listeners[event].delete(listener)) this._sync(event);
-    }
-
-    _call(content, decode) {
-      if (this._released) return Promise.reject(failure("socket released"));
-      return this._session._call(this._generation, this.service_id, this.object_id, content, decode);
-    }
-
-    /** Enable or disable `event` on the daemon to match the listeners. */
-    _sync(event) {
-      const want =
-        !this._released && (this._listeners[event].size > 0 || this._manager._listeners[event].size > 0);
-      if (want === this._enabled[event]) return;
-      this._enabled[event] = want;
-      const session = this._session;
-      const request = want
-        ? session.enable_event(this.service_id, this.object_id, event, this._generation)
-        : session.disable_event(this.service_id, this.object_id, event, this._generation);
-      request.catch(() => {
-        /* session gone: nothing to undo */
-      });
-      this._updateHold();
-    }
-
-    /** Keep the socket reachable through the session while it has enabled events. */
-    _updateHold() {
-      const strong = !this._closed && !this._released && this._enabled.some((e) => e);
-      this._session._hold(this.service_id, this.object_id, this, strong);
-    }
-
-    _onEvent(content) {
-      let event;
-      let value;
-      try {
-        const r = new core.Reader(content);
-        const tag = r.u32();
-        switch (tag) {
-          case EV_DATA:
-            event = DATA_EVENT;
-            value = r.bytesCopy();
-            break;
-          case EV_DRAIN:
-            event = DRAIN_EVENT;
-            value = r.bool();
-            break;
-          case EV_ERROR:
-            event = ERROR_EVENT;
-            value = r.str();
-            break;
-          case EV_CLOSE:
-            event = CLOSE_EVENT;
-            value = undefined;
-            break;
-          default:
-            throw new core.DecodeError(`unknown event tag ${tag}`);
-        }
-      } catch (e) {
-        console.warn(`tcpsocket: ignoring a malformed event: ${e.message}`);
-        return;
-      }
-      if (event === CLOSE_EVENT) {
-        this._closed = true;
-        this._updateHold();
-      }
-      this._dispatch(event, value);
-    }
-
-    _dispatch(event, value) {
-      const own = this._listeners[event];
-      if (own.size > 0) for (const listener of Array.from(own)) invoke(own, listener, this, value);
-      const shared = this._manager._listeners[event];
-      if (shared.size > 0) for (const listener of Array.from(shared)) invoke(shared, listener, this, value);
-    }
-  }
-
-  /**
-   * A TcpSocketManager service instance (TcpSocketFactory). Listeners added
-   * here receive the events of every socket it opened, with `this` set to
-   * the socket.
-   */
-  class TcpSocketManager {
-    constructor(session, serviceId, generation) {
-      this._session = session;
-      this._generation = generation;
-      this.service_id = serviceId;
-      this._listeners = newListenerSets();
-      this._sockets = new Map(); // object id -> WeakRef(TcpSocket)
-    }
-
-    /**
-     * GetService("TcpSocketManager") on `session` -> Promise<TcpSocketManager>.
-     * Rejects with {reason: "UnknownService" | "FingerprintMismatch" |
-     * "MissingPermission" | "InternalError" | "session_closed", ...}.
-     */
-    static get(session) {
-      const generation = session.generation;
-      return session
-        .get_service(SERVICE_NAME, FINGERPRINT)
-        .then((serviceId) => new TcpSocketManager(session, serviceId, generation));
-    }
-
-    /** open({host, port}) -> Promise<TcpSocket>, resolved once connected. */
-    open(addr) {
-      let content;
-      try {
-        if (addr === null || typeof addr !== "object") throw new TypeError("open() needs {host, port}");
-        if (typeof addr.host !== "string") throw new TypeError("host must be a string");
-        let port = addr.port;
-        if (typeof port === "string" && /^\s*-?\d+\s*$/.test(port)) port = Number(port);
-        if (typeof port !== "bigint" && !Number.isSafeInteger(port)) throw new TypeError("port must be an integer");
-        content = new core.Fields().u(REQ_OPEN).str(addr.host).i(port);
-      } catch (e) {
-        return Promise.reject(failure(`open: ${e.message}`));
-      }
-      return this._session._call(this._generation, this.service_id, 0, content, decodeOpen).then((objectId) => {
-        const socket = new TcpSocket(this, objectId);
-        this._sockets.set(objectId, newRef(socket));
-        this._session._register(this.service_id, objectId, socket, this._generation);
-        for (let e = 0; e < EVENT_COUNT; e++) {
-          if (this._listeners[e].size > 0) socket._sync(e);
-        }
-        return socket;
-      });
-    }
-
-    addEventListener(event, listener) {
-      checkEvent(event);
-      if (!isListener(listener)) throw new TypeError("listener must be a function");
-      const set = this._listeners[event];
-      if (set.has(listener)) return;
-      set.add(listener);
-      if (set.size === 1) this._syncSockets(event);
-    }
-
-    removeEventListener(event, listener) {
-      checkEvent(event);
-      const set = this._listeners[event];
-      if (set.delete(listener) && set.size === 0) this._syncSockets(event);
-    }
-
-    _syncSockets(event) {
-      for (const [id, ref] of Array.from(this._sockets)) {
-        const socket = ref.deref();
-        if (socket === undefined) this._sockets.delete(id);
-        else socket._sync(event);
-      }
-    }
-
-    _forget(objectId) {
-      this._sockets.delete(objectId);
-    }
-  }
-
-  const constants = {
-    CLOSE_EVENT: { value: CLOSE_EVENT, enumerable: true },
-    DATA_EVENT: { value: DATA_EVENT, enumerable: true },
-    DRAIN_EVENT: { value: DRAIN_EVENT, enumerable: true },
-    ERROR_EVENT: { value: ERROR_EVENT, enumerable: true },
+/**
+ * Decoder of a method's response: the success tag `ok` gives {success: readValue(r)},
+ * `ok + 1` gives {error: {}, message}; any other tag null.
+ */
+function response(ok, readValue, what) {
+  return {
+    decode(content, service, session) {
+      const r = new Reader(toUint8Array(content));
+      const tag = r.u32();
+      if (tag === ok) return { success: readValue(r, service, session) };
+      if (tag === ok + 1) return { error: {}, message: reasonAfter(r, `${what} failed`) };
+      return null;
+    },
   };
-  Object.defineProperties(TcpSocket.prototype, constants);
-  Object.defineProperties(TcpSocketManager.prototype, constants);
-  Object.defineProperties(TcpSocket, constants);
-  Object.defineProperties(TcpSocketManager, constants);
-  Object.defineProperties(TcpSocketManager, {
-    SERVICE_NAME: { value: SERVICE_NAME, enumerable: true },
-    FINGERPRINT: { value: FINGERPRINT, enumerable: true },
-  });
+}
 
-  root.lib_tcpsocket = Object.freeze({
-    TcpSocketManager,
-    TcpSocket,
-    SERVICE_NAME,
-    FINGERPRINT,
-    CLOSE_EVENT,
-    DATA_EVENT,
-    DRAIN_EVENT,
-    ERROR_EVENT,
-  });
-})(this);
+const empty = () => ({});
+const plain = (tag) => ({ encode: () => new Fields().u(tag) });
+
+/** Events of a socket: [event id, value]; DATA owns its bytes (a copy out of the frame). */
+const SOCKET_EVENT = {
+  decode(content) {
+    const r = new Reader(toUint8Array(content));
+    switch (r.u32()) {
+      case EV_CLOSE:
+        return [CLOSE_EVENT, {}];
+      case EV_DATA:
+        return [DATA_EVENT, r.bytesCopy()];
+      case EV_DRAIN:
+        return [DRAIN_EVENT, r.bool()];
+      case EV_ERROR:
+        return [ERROR_EVENT, r.str()];
+      default:
+        return null;
+    }
+  },
+};
+
+const SOCKET_CODEC = {
+  CloseRequest: plain(REQ_CLOSE),
+  CloseResponse: response(RES_CLOSE, empty, "close"),
+  ResumeRequest: plain(REQ_RESUME),
+  ResumeResponse: response(RES_RESUME, empty, "resume"),
+  SendRequest: { encode: (p) => new Fields().u(REQ_SEND).bytes(p.data) },
+  SendResponse: response(RES_SEND, (r) => r.bool(), "send"),
+  SuspendRequest: plain(REQ_SUSPEND),
+  SuspendResponse: response(RES_SUSPEND, empty, "suspend"),
+  Event: SOCKET_EVENT,
+};
+
+/** The port as api-daemon's runtime coerces it: numbers truncate, "7878" is 7878, the rest 0. */
+function coercePort(port) {
+  if (typeof port === "bigint") return port;
+  const n = Math.trunc(Number(port));
+  return Number.isSafeInteger(n) ? n : 0;
+}
+
+/** Bytes to send: any typed array or DataView (its bytes), an ArrayBuffer, or a string (UTF-8). */
+function sendBytes(data) {
+  if (typeof data === "string" || ArrayBuffer.isView(data)) return toUint8Array(data);
+  if (data !== null && typeof data === "object" && data.byteLength !== undefined) {
+    try {
+      return toUint8Array(data);
+    } catch (e) {
+      /* fall through */
+    }
+  }
+  throw new Error(`Expected uintarray, but got ${typeof data}`);
+}
+
+/**
+ * A TCP socket (api-daemon's TcpSocketSession): close, resume, suspend resolve {},
+ * send resolves a boolean; events CLOSE {}, DATA Uint8Array, DRAIN boolean, ERROR string.
+ */
+class TcpSocket extends SessionObject {
+  constructor(id, session, service_id, manager) {
+    super(id, session, service_id, SOCKET_CODEC);
+    Object.defineProperty(this, "_manager", { value: manager ? new WeakRef(manager) : null });
+    session.track_events(service_id, id, this);
+  }
+
+  /** The object id (`id`), under the name our earlier library used. */
+  get object_id() {
+    return this.id;
+  }
+
+  /** Write bytes -> Promise<boolean>: false asks the sender to wait for DRAIN. */
+  send(data) {
+    return this.call_method("Send", { data: sendBytes(data) });
+  }
+
+  /** Stop reading from the remote (nests: n suspends need n resumes). */
+  suspend() {
+    return this.call_method("Suspend", {});
+  }
+
+  /** Undo one suspend(). */
+  resume() {
+    return this.call_method("Resume", {});
+  }
+
+  /** Graceful close: buffered data is written, then FIN; CLOSE follows. */
+  close() {
+    return this.call_method("Close", {});
+  }
+
+  /** ReleaseObject: the daemon closes and forgets the socket; no events follow. */
+  release() {
+    this._forget();
+    return super.release();
+  }
+
+  _manager_listeners(event_id) {
+    const manager = this._manager === null ? undefined : this._manager.deref();
+    return manager === undefined ? null : manager._listeners[event_id];
+  }
+
+  _wants_event(event_id) {
+    const shared = this._manager_listeners(event_id);
+    return super._wants_event(event_id) || (shared !== null && shared !== undefined && shared.length > 0);
+  }
+
+  dispatchEvent(event_id, value) {
+    super.dispatchEvent(event_id, value);
+    const shared = this._manager_listeners(event_id);
+    if (shared) callListeners(shared, this, value);
+  }
+
+  on_event(content) {
+    const decoded = SOCKET_EVENT.decode(content);
+    if (decoded === null) return;
+    // After CLOSE the daemon has forgotten the socket: stop routing, nothing to release.
+    if (decoded[0] === CLOSE_EVENT) this._forget();
+    this.dispatchEvent(decoded[0], decoded[1]);
+  }
+
+  _forget() {
+    this.session.untrack_events(this.service_id, this.id);
+    this.session.objectRegistry.unregister(this);
+  }
+}
+
+/** Codec of a service instance: Open resolves with a new TcpSocket of `manager`. */
+function factoryCodec(manager) {
+  return {
+    OpenRequest: {
+      encode: (addr) => {
+        const host = addr.host;
+        if (typeof host !== "string") throw new Error(`Expected string, but got ${typeof host}`);
+        return new Fields().u(REQ_OPEN).str(host).i(coercePort(addr.port));
+      },
+    },
+    // The socket's service id is the one in the response's header.
+    OpenResponse: response(RES_OPEN, (r, service, session) => manager._adopt(new TcpSocket(r.u32(), session, service, manager)), "open"),
+  };
+}
+
+function checkListener(event_id, fn) {
+  if (typeof event_id !== "number") throw new Error(`Expected number, but got ${typeof event_id}`);
+  if (typeof fn !== "function" && !(fn !== null && typeof fn === "object" && typeof fn.handleEvent === "function")) {
+    throw new TypeError("a listener is a function or has handleEvent");
+  }
+}
+
+/**
+ * An instance of the service (api-daemon's TcpSocketFactorySession, object 0).
+ * Listeners added here get the events of every socket it opened, `this` = the socket.
+ */
+class TcpSocketFactory extends SessionObject {
+  constructor(session, service_id) {
+    super(0, session, service_id, null);
+    this.wrapper_payload_message = factoryCodec(this);
+    const listeners = [];
+    for (let e = 0; e < EVENT_COUNT; e++) listeners.push([]);
+    Object.defineProperty(this, "_listeners", { value: listeners });
+    Object.defineProperty(this, "_sockets", { value: new Map() });
+  }
+
+  /**
+   * open({host, port}) -> Promise<TcpSocket>, once the TCP connection is established.
+   * Rejects with {method_name: "Open", reason: "call_failure", value: {}, message}.
+   */
+  open(addr) {
+    if (addr === undefined || addr === null) throw new TypeError("open() needs a {host, port} address");
+    return this.call_method("Open", addr);
+  }
+
+  _adopt(socket) {
+    this._sockets.set(socket.id, new WeakRef(socket));
+    for (let e = 0; e < EVENT_COUNT; e++) if (this._listeners[e].length > 0) socket._sync_event(e);
+    return socket;
+  }
+
+  /** A listener for `event_id` of every socket of this manager (also those opened later). */
+  addEventListener(event_id, fn) {
+    checkListener(event_id, fn);
+    const list = this._listeners[event_id];
+    if (list === undefined) return;
+    if (list.includes(fn)) return;
+    list.push(fn);
+    if (list.length === 1) this._sync_sockets(event_id);
+  }
+
+  removeEventListener(event_id, fn) {
+    const list = this._listeners[event_id];
+    const index = list === undefined ? -1 : list.indexOf(fn);
+    if (index < 0) return;
+    list.splice(index, 1);
+    if (list.length === 0) this._sync_sockets(event_id);
+  }
+
+  _sync_sockets(event_id) {
+    // While it has listeners, the session keeps the manager (and so them) alive.
+    this.session.hold(this, this._listeners.some((list) => list.length > 0));
+    for (const [id, ref] of Array.from(this._sockets)) {
+      const socket = ref.deref();
+      if (socket === undefined) this._sockets.delete(id);
+      else socket._sync_event(event_id);
+    }
+  }
+}
+
+const constants = {
+  CLOSE_EVENT: { value: CLOSE_EVENT, enumerable: false },
+  DATA_EVENT: { value: DATA_EVENT, enumerable: false },
+  DRAIN_EVENT: { value: DRAIN_EVENT, enumerable: false },
+  ERROR_EVENT: { value: ERROR_EVENT, enumerable: false },
+};
+Object.defineProperties(TcpSocket.prototype, constants);
+Object.defineProperties(TcpSocketFactory.prototype, constants);
+
+/** The service entry point: TcpSocketManager.get(session) -> Promise of a service instance. */
+export const TcpSocketManager = Object.defineProperties(
+  {
+    get(session) {
+      return Services.get(SERVICE_NAME, FINGERPRINT, session).then((id) => {
+        session.registerService(id, SERVICE_NAME);
+        return new TcpSocketFactory(session, id);
+      });
+    },
+  },
+  {
+    ...constants,
+    SERVICE_NAME: { value: SERVICE_NAME, enumerable: false },
+    FINGERPRINT: { value: FINGERPRINT, enumerable: false },
+  }
+);
+
+export { TcpSocket, TcpSocketFactory };
