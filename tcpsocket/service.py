@@ -112,6 +112,8 @@ class TcpSocketManagerService(SocketOwner):
         self._next_id = 1
         self._connecting: set[Deferred[Any]] = set()
         self._stopped = False
+        #: The client let go of the service object (ReleaseObject of object 0).
+        self.released = False
 
     # -- SocketOwner ---------------------------------------------------------
 
@@ -196,6 +198,17 @@ class TcpSocketManagerService(SocketOwner):
             return False
         self._detach(socket)
         return True
+
+    @property
+    def reclaimable(self) -> bool:
+        """Released by the client, with no socket and no open pending.
+
+        api-daemon's runtime releases the service object when the page's manager is
+        garbage collected, while its sockets stay in use, and the original daemon
+        keeps answering it; so a released service lives on, and is only reclaimed
+        when a new one needs its place under the session's service limit.
+        """
+        return self.released and not self.sockets and not self._connecting
 
     def stop(self) -> None:
         """The service or its session is gone: cancel connects, close every socket.

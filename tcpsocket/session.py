@@ -310,8 +310,13 @@ class SessionProtocol(WebSocketServerProtocol):
         elif request.op is Core.RELEASE_OBJECT:
             # Object 0 is the service itself: api-daemon's runtime releases it when the
             # page's service object is garbage collected, while its sockets stay in use.
-            # Like api-daemon, answer false and keep the service and its sockets.
-            found = request.object != 0 and service.release(request.object)
+            # Like api-daemon, answer false and keep the service and its sockets
+            # (see TcpSocketManagerService.reclaimable).
+            if request.object == 0:
+                service.released = True
+                found = False
+            else:
+                found = service.release(request.object)
         else:
             assert request.event is not None
             # Events that were held wait until the client has the response.
@@ -321,6 +326,14 @@ class SessionProtocol(WebSocketServerProtocol):
             found = then is not None
         return encode_core_bool_response(request.op, found), then
 
+    def _reclaim_a_service(self) -> None:
+        """Make room by forgetting the oldest released service that has nothing left."""
+        for service_id, service in self.services.items():
+            if service.reclaimable:
+                del self.services[service_id]
+                service.stop()
+                return
+
     def _get_service(self, request: GetService) -> bytes:
         if request.name != SERVICE_NAME:
             return encode_get_service_response(GetServiceResult.UNKNOWN_SERVICE)
@@ -328,6 +341,8 @@ class SessionProtocol(WebSocketServerProtocol):
             return encode_get_service_response(GetServiceResult.FINGERPRINT_MISMATCH)
         if PERMISSION not in self._permissions:
             return encode_get_service_response(GetServiceResult.MISSING_PERMISSION)
+        if len(self.services) >= self.config.max_services_per_session:
+            self._reclaim_a_service()
         if len(self.services) >= self.config.max_services_per_session:
             limit = self.config.max_services_per_session
             return encode_get_service_response(

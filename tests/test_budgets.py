@@ -17,6 +17,7 @@ from tcpsocket.messages import (
     Event,
     GetService,
     GetServiceResult,
+    Method,
     Reply,
     decode_core_response,
 )
@@ -130,7 +131,7 @@ class SocketBudgetTests(TestCase):
         await wait_until(lambda: budgets.sockets == 0)
 
     async def test_services_per_session(self) -> None:
-        _, port = await start_daemon(self, max_services_per_session=3)
+        site, port = await start_daemon(self, max_services_per_session=3)
         client = await session(self, port)
         ids = [await client.get_service() for _ in range(3)]
         content = await client.request(
@@ -139,8 +140,28 @@ class SocketBudgetTests(TestCase):
         response = decode_core_response(content)
         self.assertEqual(response.result, GetServiceResult.INTERNAL_ERROR)
         self.assertEqual(response.value, "too many services in this session (limit 3)")
-        self.assertTrue(await client.release(ids[0], 0))
-        await client.get_service()
+        # A service object the client lets go of (api-daemon's runtime does so on
+        # garbage collection) is answered false, as api-daemon does, and keeps
+        # working; it makes room for a new one only once it has no socket left.
+        _, remote_port = await listen_remote(self, Echo)
+        kept = await client.open_ok(ids[1], remote_port, events=(Event.CLOSE,))
+        self.assertFalse(await client.release(ids[1], 0))
+        refused = decode_core_response(
+            await client.request(
+                0, 0, GetService("TcpSocketManager", TCPSOCKET_FINGERPRINT).encode()
+            )
+        )
+        self.assertEqual(refused.result, GetServiceResult.INTERNAL_ERROR)
+        self.assertFalse(await client.release(ids[0], 0))
+        third = await client.get_service()
+        self.assertNotIn(ids[0], only(live_sessions(site)).services)
+        self.assertEqual(await client.release(ids[0], 0), False)
+        # The released service with a live socket still works, and counts until
+        # that socket is closed.
+        self.assertEqual((await client.call(ids[1], kept, Method.CLOSE)).reply, Reply.CLOSE_SUCCESS)
+        await client.stream(ids[1], kept).until_close()
+        fourth = await client.get_service()
+        self.assertEqual(set(only(live_sessions(site)).services), {ids[2], third, fourth})
         client.assert_one_response_each()
 
 
