@@ -8,8 +8,9 @@ flow control (protocol.md B.5-B.8):
   full and when it has drained; ``send`` answers whether the unsent bytes are
   under the high-water mark and one DRAIN follows a ``False``;
 * downstream, reading from the remote pauses while the client has suspended
-  the socket, while held (undelivered) DATA exceeds the high-water mark, or
-  while the session's WebSocket is congested;
+  the socket, or while held (undelivered) DATA exceeds the high-water mark;
+  DATA is also held while the session's WebSocket is congested, and the
+  socket then waits for a turn (:mod:`tcpsocket.fairness`);
 * events leave in the order they happened; DATA waits for a DATA listener,
   and CLOSE is always last and sent once.
 """
@@ -109,6 +110,12 @@ class SocketOwner:
         """Whether the client's WebSocket has too much queued."""
         return False
 
+    def wait_for_room(self, socket: RemoteSocket) -> None:
+        """``socket`` holds DATA because of congestion: ``serve_turn`` it when there is room."""
+
+    def stop_waiting(self, socket: RemoteSocket) -> None:
+        """``socket`` no longer waits for room (released or finished)."""
+
 
 #: Events go nowhere once the owner lets go of a socket.
 DETACHED = SocketOwner()
@@ -207,10 +214,15 @@ class RemoteSocket(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        if not self._events and self._data_flows():
-            self.owner.send_data(self, data)
-            return
-        self._events.append((Event.DATA, data))
+        events = self._events
+        if not events:
+            if self._data_flows():
+                self.owner.send_data(self, data)
+                return
+            if self._waits_for_room():
+                # Only congestion holds it: take a turn when the WebSocket drains.
+                self.owner.wait_for_room(self)
+        events.append((Event.DATA, data))
         self._held += len(data)
         if self._held > self.config.high_water_mark:
             self._update_reading()
@@ -308,6 +320,7 @@ class RemoteSocket(Protocol):
 
     def detach(self) -> None:
         """The owner lets go: drop undelivered events, flush what was accepted, close."""
+        self.owner.stop_waiting(self)
         self.owner = DETACHED
         self._events.clear()
         self._held = 0
@@ -327,9 +340,11 @@ class RemoteSocket(Protocol):
         else:
             self._enabled.discard(event)
 
-    def congestion_changed(self) -> None:
-        """The owner's :attr:`SocketOwner.congested` may have changed."""
-        self._pump()
+    def serve_turn(self) -> bool:
+        """The WebSocket has room: deliver one held DATA event (and what follows it up
+        to the next DATA); return whether more DATA waits for the client."""
+        self._pump(data_events=1)
+        return bool(self._events) and self._events[0][0] is Event.DATA and self._waits_for_room()
 
     # -- internals -----------------------------------------------------------
 
@@ -369,18 +384,31 @@ class RemoteSocket(Protocol):
             self._close_timer.cancel()
         self._close_timer = None
 
+    def _waits_for_room(self) -> bool:
+        """Whether the client takes DATA, so that only congestion may hold it."""
+        return Event.DATA in self._enabled and not self._suspends
+
     def _data_flows(self) -> bool:
         """Whether DATA may go to the client now."""
-        return Event.DATA in self._enabled and not self._suspends and not self.owner.congested
+        return self._waits_for_room() and not self.owner.congested
 
-    def _pump(self) -> None:
-        """Deliver queued events in order, as far as listeners and flow control allow."""
+    def _pump(self, data_events: int = -1) -> None:
+        """Deliver queued events in order, as far as listeners and flow control allow.
+
+        At most ``data_events`` DATA events go (all if negative).
+        """
         events = self._events
         enabled = self._enabled
         while events:
             event, content = events[0]
-            if event is Event.DATA and not self._data_flows():
-                break
+            if event is Event.DATA:
+                if not data_events:
+                    break
+                if not self._data_flows():
+                    if self._waits_for_room():
+                        self.owner.wait_for_room(self)
+                    break
+                data_events -= 1
             if event not in enabled:
                 if event is Event.ERROR and Event.CLOSE in enabled:
                     # Nobody listens for ERROR; CLOSE must not wait for it.
@@ -402,9 +430,9 @@ class RemoteSocket(Protocol):
     def _update_reading(self) -> None:
         if self._state not in (_State.OPEN, _State.CLOSING) or self.transport is None:
             return
-        paused = (
-            self._suspends > 0 or self._held > self.config.high_water_mark or self.owner.congested
-        )
+        # A congested session does not pause its sockets: each one stops at
+        # its own high-water mark (and waits for a turn, see fairness.py).
+        paused = self._suspends > 0 or self._held > self.config.high_water_mark
         if paused != self._reading_paused:
             self._reading_paused = paused
             transport: Any = self.transport

@@ -56,6 +56,10 @@ class SessionLink(TypingProtocol):
 
     def send_data_event(self, service: int, object_id: int, data: bytes) -> None: ...
 
+    def wait_for_room(self, socket: RemoteSocket) -> None: ...
+
+    def stop_waiting(self, socket: RemoteSocket) -> None: ...
+
 
 def check_address(host: str, port: int) -> tuple[str, str | None]:
     """Normalise ``host`` and return it with the reason it is invalid, if it is."""
@@ -109,12 +113,19 @@ class TcpSocketManagerService(SocketOwner):
     def socket_finished(self, socket: RemoteSocket) -> None:
         # A socket counts against the session's limit until it is forgotten,
         # so that what it holds for the client stays bounded too.
+        self.session.stop_waiting(socket)
         if self.sockets.pop(socket.socket_id, None) is not None:
             self.session.sockets_in_use -= 1
 
     @property
     def congested(self) -> bool:
         return self.session.congested
+
+    def wait_for_room(self, socket: RemoteSocket) -> None:
+        self.session.wait_for_room(socket)
+
+    def stop_waiting(self, socket: RemoteSocket) -> None:
+        self.session.stop_waiting(socket)
 
     # -- requests ------------------------------------------------------------
 
@@ -184,9 +195,9 @@ class TcpSocketManagerService(SocketOwner):
         self._stopped = True
         for pending in list(self._connecting):
             pending.cancel()
-        for socket in self.sockets.values():
+        sockets, self.sockets = self.sockets, {}
+        for socket in sockets.values():
             self._detach(socket)
-        self.sockets.clear()
 
     # -- internals -----------------------------------------------------------
 

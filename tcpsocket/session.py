@@ -18,13 +18,13 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from tcpsocket._timers import use_reactor_timers
 from tcpsocket.bincode import DecodeError
 from tcpsocket.config import ServerConfig
+from tcpsocket.fairness import FairShare, Waiter
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.messages import (
     CORE_SERVICE,
@@ -66,23 +66,6 @@ POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 
 
-@implementer(IPushProducer)
-class _Congestion:
-    """Told by the WebSocket's transport when the client is not keeping up (B.10)."""
-
-    def __init__(self, session: SessionProtocol) -> None:
-        self._session = session
-
-    def pauseProducing(self) -> None:
-        self._session._set_congested(True)
-
-    def resumeProducing(self) -> None:
-        self._session._set_congested(False)
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class SessionProtocol(WebSocketServerProtocol):
     """One client session."""
 
@@ -96,7 +79,8 @@ class SessionProtocol(WebSocketServerProtocol):
         self._permissions: frozenset[str] = frozenset()
         self._authenticated = False
         self._ending = False
-        self._congested = False
+        # Told by the WebSocket's transport when the client is not keeping up (B.10).
+        self._share = FairShare()
         self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
@@ -124,7 +108,13 @@ class SessionProtocol(WebSocketServerProtocol):
 
     @property
     def congested(self) -> bool:
-        return self._congested
+        return self._share.congested
+
+    def wait_for_room(self, socket: Waiter) -> None:
+        self._share.wait(socket)
+
+    def stop_waiting(self, socket: Waiter) -> None:
+        self._share.forget(socket)
 
     def send_response(self, service: int, object_id: int, request: int, content: bytes) -> None:
         self._write_message(encode_response(service, object_id, request, content))
@@ -159,7 +149,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # takes over, so that a slow client pauses reading from its remotes.
         transport.unregisterProducer()
         transport.bufferSize = self.config.session_buffer
-        transport.registerProducer(_Congestion(self), True)
+        transport.registerProducer(self._share, True)
         self._handshake_timer = self.reactor.callLater(
             self.config.handshake_timeout, self._handshake_timed_out
         )
@@ -329,14 +319,6 @@ class SessionProtocol(WebSocketServerProtocol):
         self._next_service_id += 1
         self.services[service_id] = TcpSocketManagerService(self, service_id)
         return encode_get_service_response(GetServiceResult.SUCCESS, service_id)
-
-    def _set_congested(self, congested: bool) -> None:
-        if congested == self._congested:
-            return
-        self._congested = congested
-        for service in self.services.values():
-            for socket in service.sockets.values():
-                socket.congestion_changed()
 
 
 class SessionFactory(WebSocketServerFactory):

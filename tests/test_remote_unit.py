@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 from twisted.internet import error
 from twisted.internet.task import Clock
@@ -24,6 +25,7 @@ class FakeOwner(SocketOwner):
         self.events: list[SocketReply] = []
         self.finished = 0
         self.is_congested = False
+        self.waiting: list[RemoteSocket] = []
 
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         self.events.append(decode_socket_reply(content))
@@ -34,6 +36,22 @@ class FakeOwner(SocketOwner):
     @property
     def congested(self) -> bool:
         return self.is_congested
+
+    def wait_for_room(self, socket: RemoteSocket) -> None:
+        if socket not in self.waiting:
+            self.waiting.append(socket)
+
+    def stop_waiting(self, socket: RemoteSocket) -> None:
+        if socket in self.waiting:
+            self.waiting.remove(socket)
+
+    def drain(self) -> None:
+        """The WebSocket has room again: serve the waiting sockets in turn (as FairShare)."""
+        self.is_congested = False
+        while self.waiting and not self.is_congested:
+            socket = self.waiting.pop(0)
+            if socket.serve_turn():
+                self.wait_for_room(socket)
 
     def kinds(self) -> list[Reply]:
         return [e.reply for e in self.events]
@@ -234,14 +252,40 @@ class ReadingTests(SynchronousTestCase):
         socket, _, owner, _ = make()
         socket.set_event_enabled(Event.DATA, True)
         owner.is_congested = True
-        socket.congestion_changed()
-        self.assertTrue(socket.reading_paused)
         socket.dataReceived(b"late read")
         self.assertEqual(owner.events, [])
-        owner.is_congested = False
-        socket.congestion_changed()
+        self.assertEqual(owner.waiting, [socket])
+        self.assertFalse(socket.reading_paused)  # under its own high-water mark
+        owner.drain()
         self.assertEqual(owner.data(), b"late read")
-        self.assertFalse(socket.reading_paused)
+        self.assertEqual(owner.waiting, [])
+
+    def test_turns_deliver_one_data_event_each(self) -> None:
+        first, _, owner, _ = make()
+        second = RemoteSocket(first.config, owner, first._clock)
+        second.makeConnection(FlowTransport())
+        for socket in (first, second):
+            socket.set_event_enabled(Event.DATA, True)
+            socket.set_event_enabled(Event.CLOSE, True)
+        owner.is_congested = True
+        first.dataReceived(b"a1")
+        first.dataReceived(b"a2")
+        second.dataReceived(b"b1")
+        first.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(owner.waiting, [first, second])
+        turns: list[RemoteSocket] = []
+        serve = RemoteSocket.serve_turn
+
+        def recording(socket: RemoteSocket) -> bool:
+            turns.append(socket)
+            return serve(socket)
+
+        with mock.patch.object(RemoteSocket, "serve_turn", recording):
+            owner.drain()
+        self.assertEqual(turns, [first, second, first])
+        self.assertEqual(owner.data(), b"a1b1a2")
+        self.assertEqual(owner.kinds()[-1], Reply.CLOSE_EVENT)
+        self.assertEqual(owner.finished, 1)
 
     def test_data_held_until_enabled(self) -> None:
         socket, transport, owner, _ = make()
@@ -280,15 +324,18 @@ class ReadingTests(SynchronousTestCase):
         socket.resume()
         self.assertEqual(transport.producerState, "producing")
 
-    def test_congestion(self) -> None:
+    def test_congestion_pauses_at_the_high_water_mark(self) -> None:
         socket, transport, owner, _ = make()
+        socket.set_event_enabled(Event.DATA, True)
         owner.is_congested = True
-        socket.congestion_changed()
+        socket.dataReceived(b"a" * HWM)
+        self.assertEqual(transport.producerState, "producing")
+        socket.dataReceived(b"b")
         self.assertTrue(socket.reading_paused)
         self.assertEqual(transport.producerState, "paused")
-        owner.is_congested = False
-        socket.congestion_changed()
+        owner.drain()
         self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(owner.data(), b"a" * HWM + b"b")
 
 
 class EventOrderTests(SynchronousTestCase):
