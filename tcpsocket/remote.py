@@ -44,6 +44,7 @@ from tcpsocket.messages import (
 
 if TYPE_CHECKING:
     from tcpsocket.config import ServerConfig
+    from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["RemoteSocket", "SocketError", "SocketOwner", "describe_failure"]
 
@@ -51,6 +52,17 @@ log = Logger()
 
 _CLOSE_EVENT = encode_reply(Reply.CLOSE_EVENT)
 _DRAIN_EVENT = encode_drain_event(True)
+
+
+def transport_unsent(transport: Any) -> int:
+    """Bytes a Twisted TCP transport still holds (not yet taken by the kernel).
+
+    Reads ``FileDescriptor`` internals (0 for other transports).
+    """
+    try:
+        return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
+    except (AttributeError, TypeError):
+        return 0
 
 
 class SocketError(Exception):
@@ -147,9 +159,11 @@ class RemoteSocket(Protocol):
         config: ServerConfig,
         owner: SocketOwner,
         clock: Any,
+        connections: ConnectionSet | None = None,
     ) -> None:
         self.config = config
         self.owner = owner
+        self._connections = connections
         self.socket_id = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -170,6 +184,9 @@ class RemoteSocket(Protocol):
         self._close_delivered = False
         self._close_timer: IDelayedCall | None = None
         self._error: str | None = None
+        #: Who closed first: "the client", "the remote" or "the daemon".
+        self.closed_by: str | None = None
+        self._lost_in_transport = 0
 
     # -- introspection -------------------------------------------------------
 
@@ -202,6 +219,8 @@ class RemoteSocket(Protocol):
 
     def connectionMade(self) -> None:
         self._state = _State.OPEN
+        if self._connections is not None:
+            self._connections.add(self)
         transport: Any = self.transport
         # The transport's buffer size is both where it pauses us as a producer
         # and how much it reads at once.
@@ -229,16 +248,17 @@ class RemoteSocket(Protocol):
 
     def readConnectionLost(self) -> None:
         # The remote sent FIN: write what is still queued, then close.
-        self.close()
+        self.close(by="the remote")
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        previous = self._state
         self._state = _State.CLOSED
         self._cancel_close_timer()
-        unsent = self._queued
+        if self.closed_by is None:
+            self.closed_by = "the remote"
+        unsent = self._queued + self._lost_in_transport + transport_unsent(self.transport)
         self._queue.clear()
         self._queued = 0
         if self._error is None and not reason.check(error.ConnectionDone):
@@ -251,16 +271,21 @@ class RemoteSocket(Protocol):
                 text += f"; {unsent} accepted bytes were not delivered"
             self._events.append((Event.ERROR, encode_error_event(text)))
         self._events.append((Event.CLOSE, _CLOSE_EVENT))
-        log.info(
-            "socket {id} to {peer} closed after {state}: {sent} bytes sent, "
-            "{received} received{why}",
+        emit = log.error if unsent else log.info
+        emit(
+            "socket {id} to {peer} closed by {closer}: {sent} bytes sent, "
+            "{received} received{why}{lost}",
             id=self.socket_id,
             peer=self._peer(),
-            state=previous.value,
+            closer=self.closed_by,
             sent=self.bytes_sent,
             received=self.bytes_received,
             why=f" ({self._error})" if self._error else "",
+            lost=f"; {unsent} accepted bytes were NOT delivered" if unsent else "",
+            undelivered=unsent,
         )
+        if self._connections is not None:
+            self._connections.discard(self, unsent)
         self._pump()
 
     # -- requests from the client -------------------------------------------
@@ -301,10 +326,12 @@ class RemoteSocket(Protocol):
         self._suspends -= 1
         self._pump()
 
-    def close(self) -> None:
-        """Write what is queued, then close; idempotent."""
+    def close(self, by: str = "the client") -> None:
+        """Write what is queued, then close; idempotent.  ``by``: who asked, for the log."""
         if self._state in (_State.CLOSING, _State.CLOSED):
             return
+        if self.closed_by is None:
+            self.closed_by = by
         self._state = _State.CLOSING
         self._close_timer = self._clock.callLater(self.config.close_timeout, self._close_timed_out)
         self._finish_close()
@@ -315,10 +342,14 @@ class RemoteSocket(Protocol):
             return
         if self._error is None:
             self._error = reason
+        if self.closed_by is None:
+            self.closed_by = "the daemon"
         self._state = _State.CLOSING
+        # The transport drops what it holds: count it as not delivered.
+        self._lost_in_transport = transport_unsent(self.transport)
         self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def detach(self) -> None:
+    def detach(self, by: str = "the client") -> None:
         """The owner lets go: drop undelivered events, flush what was accepted, close."""
         self.owner.stop_waiting(self)
         self.owner = DETACHED
@@ -327,7 +358,7 @@ class RemoteSocket(Protocol):
         self._enabled = set(Event)
         self._suspends = 0
         self._update_reading()
-        self.close()
+        self.close(by)
 
     def set_event_enabled(self, event: Event, enabled: bool) -> None:
         """EnableEvent/DisableEvent for this socket."""

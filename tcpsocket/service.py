@@ -27,6 +27,7 @@ from tcpsocket.messages import (
     encode_send_success,
 )
 from tcpsocket.remote import RemoteSocket, SocketError, SocketOwner, describe_failure
+from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionLink", "TcpSocketManagerService", "check_address"]
 
@@ -46,6 +47,9 @@ class SessionLink(TypingProtocol):
 
     @property
     def reactor(self) -> Any: ...
+
+    @property
+    def connections(self) -> ConnectionSet: ...
 
     @property
     def congested(self) -> bool: ...
@@ -84,8 +88,13 @@ def check_address(host: str, port: int) -> tuple[str, str | None]:
 
 
 class _SocketFactory(Factory):
-    def __init__(self, config: ServerConfig, owner: SocketOwner, clock: Any) -> None:
-        self._args = (config, owner, clock)
+    # One factory per open: no "Starting factory" / "Stopping factory" lines.
+    noisy = False
+
+    def __init__(
+        self, config: ServerConfig, owner: SocketOwner, clock: Any, connections: ConnectionSet
+    ) -> None:
+        self._args = (config, owner, clock, connections)
 
     def buildProtocol(self, addr: IAddress | None) -> RemoteSocket:
         return RemoteSocket(*self._args)
@@ -186,8 +195,10 @@ class TcpSocketManagerService(SocketOwner):
         self._detach(socket)
         return True
 
-    def stop(self) -> None:
+    def stop(self, by: str = "the client") -> None:
         """The service or its session is gone: cancel connects, close every socket.
+
+        ``by`` says who ended it, for the log.
 
         A cancelled open is answered with an error (dropped by a session that
         is ending), so every request still gets its one response.
@@ -197,13 +208,13 @@ class TcpSocketManagerService(SocketOwner):
             pending.cancel()
         sockets, self.sockets = self.sockets, {}
         for socket in sockets.values():
-            self._detach(socket)
+            self._detach(socket, by)
 
     # -- internals -----------------------------------------------------------
 
-    def _detach(self, socket: RemoteSocket) -> None:
+    def _detach(self, socket: RemoteSocket, by: str = "the client") -> None:
         self.session.sockets_in_use -= 1
-        socket.detach()
+        socket.detach(by)
 
     def _respond(self, object_id: int, request_id: int, content: bytes) -> None:
         # Also after stop(): an open still pending when the service is released
@@ -228,7 +239,7 @@ class TcpSocketManagerService(SocketOwner):
             return fail(f"too many sockets in this session (limit {limit})")
         session.sockets_in_use += 1
         endpoint = config.connect(session.reactor, host, port, config.connect_timeout)
-        factory = _SocketFactory(config, self, session.reactor)
+        factory = _SocketFactory(config, self, session.reactor, session.connections)
         connecting: Deferred[Any] = endpoint.connect(factory)
         connecting.addTimeout(config.connect_timeout, session.reactor)
         self._connecting.add(connecting)
@@ -256,6 +267,13 @@ class TcpSocketManagerService(SocketOwner):
             self._connecting.discard(connecting)
             session.sockets_in_use -= 1
             why = "the service was released" if self._stopped else describe_failure(reason)
+            log.warn(
+                "open of {identity} to {host} port {port} failed: {why}",
+                identity=session.identity,
+                host=host,
+                port=port,
+                why=why,
+            )
             fail(f"{why} ({host} port {port})")
 
         connecting.addCallbacks(connected, failed)

@@ -50,6 +50,7 @@ from tcpsocket.messages import (
     encode_response,
 )
 from tcpsocket.service import TcpSocketManagerService
+from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionFactory", "SessionProtocol"]
 
@@ -107,6 +108,10 @@ class SessionProtocol(WebSocketServerProtocol):
         return self.factory.reactor
 
     @property
+    def connections(self) -> ConnectionSet:
+        return self.factory.connections
+
+    @property
     def congested(self) -> bool:
         return self._share.congested
 
@@ -130,6 +135,8 @@ class SessionProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = request.peer
         self._origin = request.origin
+        if self.factory.stopping:
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "daemon stopping")
         if len(self.factory.sessions) >= self.config.max_sessions:
             log.warn("refused session from {peer}: too many sessions", peer=request.peer)
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
@@ -185,25 +192,52 @@ class SessionProtocol(WebSocketServerProtocol):
         self.openHandshakeTimeoutCall = None
         if self in self.factory.sessions:
             self.factory.sessions.discard(self)
+            ender = "the daemon" if self.closedByMe else "the client"
             for service in self.services.values():
-                service.stop()
+                service.stop(by=ender)
             self.services.clear()
             if self._authenticated:
                 log.info(
                     "session of {identity} from {peer} ended ({how})",
                     identity=self.identity,
                     peer=self._peer_name,
-                    how=f"code {code}" + (f": {reason}" if reason else "")
-                    if code is not None
-                    else "no close code",
+                    how=self._how_it_ended(wasClean, code, reason),
+                    close_code=self.localCloseCode if self.closedByMe else self.remoteCloseCode,
+                    closed_by=ender if wasClean or self.closedByMe else "the network",
                 )
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
+    def _how_it_ended(self, was_clean: bool, code: int | None, reason: str | None) -> str:
+        """The close code and reason really sent or received, and who closed first.
+
+        Autobahn's ``onClose`` reports the code of the client's close frame
+        (which may only echo ours, or be 1000); the daemon's own is kept apart.
+        """
+        if self.closedByMe and self.localCloseCode is not None:
+            sent = self.localCloseReason
+            text = f"code {self.localCloseCode}"
+            if sent:
+                text += f": {sent.decode('utf-8', 'replace')}"
+            text += "; closed by the daemon"
+            if not was_clean:
+                text += ", the client did not complete the close handshake"
+            return text
+        if not was_clean:
+            return f"connection lost without a close frame: {reason}"
+        text = f"code {code}" + (f": {reason}" if reason else "") if code is not None else "no code"
+        return text + "; closed by the client"
+
     def end(self, code: int, reason: str) -> None:
         """Close the session with a WebSocket close ``code`` and ``reason``."""
         self._ending = True
+        if self.state == self.STATE_CONNECTING:
+            # Not a WebSocket yet: no close frame to send.
+            self.dropConnection(abort=True)
+            return
+        if self.state != self.STATE_OPEN:
+            return
         # sendClose() only takes application codes; protocol codes go in the
         # frame directly.  A close reason is at most 123 bytes of UTF-8.
         raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
@@ -334,6 +368,10 @@ class SessionFactory(WebSocketServerFactory):
         self.reactor = reactor
         use_reactor_timers(self, reactor)
         self.sessions: set[SessionProtocol] = set()
+        #: Remote connections still open, also those flushing after their session ended.
+        self.connections = ConnectionSet()
+        #: Set when the daemon stops: new sessions are refused.
+        self.stopping = False
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,

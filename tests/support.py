@@ -38,6 +38,17 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def open_sockets() -> int:
+    """How many sockets this process has open (the file descriptors of connections)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
+        except OSError:  # the directory's own descriptor, gone by now
+            pass
+    return count
+
+
 def test_config(**overrides: Any) -> ServerConfig:
     """A config with the test tokens."""
     tokens = TokenStore(
