@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
+from tcpsocket.reload import apply_reload
 from tcpsocket.session import SessionFactory
 from tcpsocket.web import ApiV1Resource, DemoResource
 
@@ -67,6 +68,11 @@ class TcpSocketService(MultiService):
         self.site = build_site(config, reactor)
         for description in listen:
             strports.service(description, self.site, reactor=reactor).setServiceParent(self)
+
+    def reconfigure(self, fresh: ServerConfig) -> None:
+        """Take ``fresh``'s tokens and destination rules in one step (:mod:`tcpsocket.reload`)."""
+        factory = self.site.session_factory
+        factory.config = apply_reload(factory.config, fresh)
 
     def stopService(self) -> Deferred[None]:
         """Stop gracefully; the Deferred fires once every remote connection is closed.
