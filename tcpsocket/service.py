@@ -94,10 +94,26 @@ class _SocketFactory(Factory):
     def __init__(
         self, config: ServerConfig, owner: SocketOwner, clock: Any, connections: ConnectionSet
     ) -> None:
-        self._args = (config, owner, clock, connections)
+        self._args: tuple[ServerConfig, SocketOwner, Any, ConnectionSet] | None = (
+            config,
+            owner,
+            clock,
+            connections,
+        )
 
-    def buildProtocol(self, addr: IAddress | None) -> RemoteSocket:
+    def buildProtocol(self, addr: IAddress | None) -> RemoteSocket | None:
+        if self._args is None:
+            return None  # the open is over: refuse a late connection
         return RemoteSocket(*self._args)
+
+    def forget(self) -> None:
+        """The open is over: let go of the service.
+
+        Twisted's client connector and transport keep each other (and so this
+        factory) alive until the garbage collector runs; the session and its
+        buffers must not wait for that.
+        """
+        self._args = None
 
 
 class TcpSocketManagerService(SocketOwner):
@@ -246,6 +262,7 @@ class TcpSocketManagerService(SocketOwner):
 
         def connected(socket: RemoteSocket) -> None:
             self._connecting.discard(connecting)
+            factory.forget()
             socket.socket_id = self._next_id
             self._next_id += 1
             if self._stopped:
@@ -265,6 +282,7 @@ class TcpSocketManagerService(SocketOwner):
 
         def failed(reason: Failure) -> None:
             self._connecting.discard(connecting)
+            factory.forget()
             session.sockets_in_use -= 1
             why = "the service was released" if self._stopped else describe_failure(reason)
             log.warn(

@@ -26,6 +26,7 @@ from tcpsocket.bincode import DecodeError
 from tcpsocket.config import ServerConfig
 from tcpsocket.fairness import FairShare, Waiter
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.memory import HeapTrimmer
 from tcpsocket.messages import (
     CORE_SERVICE,
     PERMISSION,
@@ -209,6 +210,14 @@ class SessionProtocol(WebSocketServerProtocol):
         for waiter in waiters:
             waiter.callback(None)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # Autobahn's futures hold this protocol as their result, and it holds
+        # them: a cycle that would keep the session (and the buffers of its
+        # transport) until the garbage collector runs.
+        self.is_open = self.is_closed = None
+        self.factory.trimmer.session_ended(len(self.factory.sessions))
+
     def _how_it_ended(self, was_clean: bool, code: int | None, reason: str | None) -> str:
         """The close code and reason really sent or received, and who closed first.
 
@@ -372,6 +381,7 @@ class SessionFactory(WebSocketServerFactory):
         self.connections = ConnectionSet()
         #: Set when the daemon stops: new sessions are refused.
         self.stopping = False
+        self.trimmer = HeapTrimmer(reactor)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
