@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
@@ -85,6 +86,14 @@ def check_address(host: str, port: int) -> tuple[str, str | None]:
     ):
         return host, f"invalid host {host!r}"
     return ascii_name, None
+
+
+def _connect_timed_out(result: Any, timeout: float) -> Any:
+    """An open cancelled by its timeout failed by timing out, even in a name lookup
+    (which HostnameEndpoint reports as a lookup failure when cancelled)."""
+    if isinstance(result, Failure):
+        raise defer.TimeoutError(timeout, "connect")
+    return result
 
 
 class _SocketFactory(Factory):
@@ -257,7 +266,7 @@ class TcpSocketManagerService(SocketOwner):
         endpoint = config.connect(session.reactor, host, port, config.connect_timeout)
         factory = _SocketFactory(config, self, session.reactor, session.connections)
         connecting: Deferred[Any] = endpoint.connect(factory)
-        connecting.addTimeout(config.connect_timeout, session.reactor)
+        connecting.addTimeout(config.connect_timeout, session.reactor, _connect_timed_out)
         self._connecting.add(connecting)
 
         def connected(socket: RemoteSocket) -> None:
