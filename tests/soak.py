@@ -92,13 +92,13 @@ class Cleanups:
     def __init__(self) -> None:
         self._calls: list[Any] = []
 
-    def addCleanup(self, call: Any, *args: Any) -> None:
-        self._calls.append((call, args))
+    def addCleanup(self, call: Any, *args: Any, **kwargs: Any) -> None:
+        self._calls.append((call, args, kwargs))
 
     async def run(self) -> None:
         while self._calls:
-            call, args = self._calls.pop()
-            await defer.maybeDeferred(call, *args)
+            call, args, kwargs = self._calls.pop()
+            await defer.maybeDeferred(call, *args, **kwargs)
 
 
 def raise_nofile(wanted: int = 16384) -> None:
