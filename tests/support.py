@@ -16,6 +16,7 @@ from autobahn.twisted.websocket import (
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 
 from tcpsocket.config import ServerConfig
@@ -58,6 +59,14 @@ def test_config(**overrides: Any) -> ServerConfig:
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
+
+
+def capture_logs(test: Any) -> list[dict[str, Any]]:
+    """The ``twisted.logger`` events emitted from now until the end of ``test``."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.005) -> None:

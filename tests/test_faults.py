@@ -15,7 +15,6 @@ from twisted.internet.interfaces import (
     IReactorPluggableNameResolver,
     IResolutionReceiver,
 )
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -36,6 +35,7 @@ from tests.session_helpers import (
 )
 from tests.support import (
     Remote,
+    capture_logs,
     listen_remote,
     open_sockets,
     start_daemon,
@@ -43,14 +43,6 @@ from tests.support import (
 )
 
 ALL_EVENTS = (Event.DATA, Event.DRAIN, Event.ERROR, Event.CLOSE)
-
-
-def capture_logs(test: TestCase) -> list[dict[str, Any]]:
-    """The log events emitted from now until the end of ``test``."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    test.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
 
 
 def formatted(events: list[dict[str, Any]]) -> list[str]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -18,7 +17,8 @@ from tcpsocket.reload import apply_reload
 from tcpsocket.tokens import Token, TokenStore
 from tests.session_helpers import session
 from tests.support import Echo, listen_remote, raw_client_on, temp_dir, test_config, wait_until
-from tests.test_tap import ROOT, TWISTD, _Collect
+from tests.test_tap import _Collect
+from tests.twistd_helpers import start_twistd
 
 
 class TokenStoreReplaceTests(SynchronousTestCase):
@@ -48,24 +48,6 @@ def tokens_file(path: Path, *tokens: str) -> None:
 
 
 class HangupTests(TestCase):
-    async def start_daemon(self, tokens: Path, *extra: str) -> tuple[Any, _Collect, str]:
-        path = str(temp_dir(self) / "daemon.sock")
-        collect = _Collect()
-        args = [*TWISTD, "-n", "--pidfile=", "tcpsocket", "--listen", f"unix:{path}"]
-        args += ["--tokens-file", str(tokens), *extra]
-        env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
-        process = reactor.spawnProcess(collect, TWISTD[0], args, env=env, path=str(ROOT))  # type: ignore[attr-defined]
-
-        async def kill() -> None:
-            if not collect.ended.called:
-                process.signalProcess(signal.SIGKILL)
-                await collect.ended
-
-        self.addCleanup(lambda: defer.ensureDeferred(kill()))
-        await wait_until(lambda: os.path.exists(path) or collect.ended.called, timeout=30)
-        self.assertFalse(collect.ended.called, collect.output.decode())
-        return process, collect, path
-
     async def handshake(self, path: str, token: str) -> tuple[bytes | str, Any]:
         raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
         raw.send(encode_handshake(token))
@@ -81,8 +63,12 @@ class HangupTests(TestCase):
         _, other_port = await listen_remote(self, Echo)
         tokens = temp_dir(self) / "tokens.json"
         tokens_file(tokens, "alpha-token")
-        process, collect, path = await self.start_daemon(
-            tokens, "--allow", f"127.0.0.1:{echo_port},{other_port}"
+        process, collect, path = await start_twistd(
+            self,
+            "--tokens-file",
+            str(tokens),
+            token=None,
+            allow=f"127.0.0.1:{echo_port},{other_port}",
         )
         # A live session on the old token, with a socket.
         raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
@@ -113,3 +99,23 @@ class HangupTests(TestCase):
         await client.send(service, live_id, b"!")
         await wait_until(lambda: bytes(stream.data) == b"still here!")
         client.assert_one_response_each()
+
+    async def test_sighup_reloads_and_sigusr1_rotates_the_log(self) -> None:
+        """twistd rotates its log file on SIGUSR1; SIGHUP is ours: both work."""
+        directory = temp_dir(self)
+        tokens, logfile = directory / "tokens.json", directory / "daemon.log"
+        tokens_file(tokens, "alpha-token")
+        process, collect, path = await start_twistd(
+            self, "--tokens-file", str(tokens), token=None, twistd=(f"--logfile={logfile}",)
+        )
+        await wait_until(lambda: logfile.exists())
+        tokens_file(tokens, "beta-token")
+        process.signalProcess(signal.SIGHUP)
+        await wait_until(lambda: b"reloaded the tokens" in logfile.read_bytes(), timeout=30)
+        process.signalProcess(signal.SIGUSR1)
+        rotated = directory / "daemon.log.1"
+        await wait_until(rotated.exists, timeout=30)
+        self.assertIn(b"reloaded the tokens", rotated.read_bytes())
+        self.assertEqual((await self.handshake(path, "beta-token"))[0], b"\x01")
+        self.assertEqual((await self.handshake(path, "alpha-token"))[0], b"\x00")
+        self.assertFalse(collect.ended.called)

@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tcpsocket.site import TcpSocketService
@@ -27,8 +26,15 @@ from tests.session_helpers import (
     pattern,
     shrink_send_buffer,
 )
-from tests.support import TOKEN, open_sockets, raw_client_on, temp_dir, test_config, wait_until
-from tests.test_tap import ROOT, TWISTD, _Collect
+from tests.support import (
+    capture_logs,
+    open_sockets,
+    raw_client_on,
+    temp_dir,
+    test_config,
+    wait_until,
+)
+from tests.twistd_helpers import start_twistd
 
 ACCEPTED = 8 * MiB
 
@@ -41,14 +47,6 @@ class SlowSink(HashingSink):
     def go(self) -> None:
         self.on_pause = lambda: reactor.callLater(0.01, self.resume)  # type: ignore[attr-defined]
         self.resume()
-
-
-def capture_logs(test: TestCase) -> list[dict[str, Any]]:
-    """Log events emitted from now until the end of the test."""
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    test.addCleanup(globalLogPublisher.removeObserver, events.append)
-    return events
 
 
 async def send_accepted(client: Any, service: int, socket_id: int) -> bytes:
@@ -147,33 +145,7 @@ class EmbeddedShutdownTests(TestCase):
 class TwistdShutdownTests(TestCase):
     async def test_sigterm_mid_transfer_delivers_everything(self) -> None:
         factory, remote_port = await listen_small(self, SlowSink)
-        path = str(temp_dir(self) / "daemon.sock")
-        collect = _Collect()
-        args = [
-            *TWISTD,
-            "-n",
-            "--pidfile=",
-            "tcpsocket",
-            "--listen",
-            f"unix:{path}",
-            "--token",
-            TOKEN,
-            "--allow",
-            "127.0.0.1:*",
-            "--close-timeout",
-            "60",
-        ]
-        env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
-        process = reactor.spawnProcess(collect, TWISTD[0], args, env=env, path=str(ROOT))  # type: ignore[attr-defined]
-
-        async def kill() -> None:
-            if not collect.ended.called:
-                process.signalProcess(signal.SIGKILL)
-                await collect.ended
-
-        self.addCleanup(lambda: defer.ensureDeferred(kill()))
-        await wait_until(lambda: os.path.exists(path) or collect.ended.called, timeout=30)
-        self.assertFalse(collect.ended.called, collect.output.decode())
+        process, collect, path = await start_twistd(self, "--close-timeout", "60")
         raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
         client, service_id = await manager(self, 0, raw=raw)
         socket_id = await client.open_ok(service_id, remote_port)

@@ -13,17 +13,23 @@ from tests.test_tap import ROOT, TWISTD, _Collect
 
 
 async def start_twistd(
-    test: Any, *options: str, token: str | None = TOKEN
+    test: Any,
+    *options: str,
+    token: str | None = TOKEN,
+    allow: str = "127.0.0.1:*",
+    twistd: tuple[str, ...] = (),
 ) -> tuple[Any, _Collect, str]:
-    """Start the daemon with ``options`` (loopback remotes allowed, ``token`` if given).
+    """Start the daemon with ``options``, ``--allow allow`` and ``--token token`` (if given).
+
+    ``twistd`` options (such as ``--logfile``) go before the ``tcpsocket`` command.
 
     Returns the process, its collected output and the socket path; the
     process is killed at test cleanup if it is still running.
     """
     path = str(temp_dir(test) / "daemon.sock")
     collect = _Collect()
-    args = [*TWISTD, "-n", "--pidfile=", "tcpsocket", "--listen", f"unix:{path}"]
-    args += ["--allow", "127.0.0.1:*", *options]
+    args = [*TWISTD, "-n", "--pidfile=", *twistd, "tcpsocket", "--listen", f"unix:{path}"]
+    args += ["--allow", allow, *options]
     if token is not None:
         args += ["--token", token]
     env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
