@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.messages import Event, Reply, encode_handshake
 from tcpsocket.policy import AllowList, Rule
-from tcpsocket.reload import apply_reload
+from tcpsocket.reload import HangupReload, apply_reload
 from tcpsocket.tokens import Token, TokenStore
 from tests.session_helpers import session
 from tests.support import Echo, listen_remote, raw_client_on, temp_dir, test_config, wait_until
@@ -119,3 +120,37 @@ class HangupTests(TestCase):
         self.assertEqual((await self.handshake(path, "beta-token"))[0], b"\x01")
         self.assertEqual((await self.handshake(path, "alpha-token"))[0], b"\x00")
         self.assertFalse(collect.ended.called)
+
+
+class HangupReloadServiceTests(SynchronousTestCase):
+    def test_handler_installed_while_running_and_restored(self) -> None:
+        applied: list[Any] = []
+        fresh = test_config()
+        calls: list[Any] = []
+
+        class Clock:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                calls.append(f)
+
+        service = HangupReload(lambda: fresh, applied.append, Clock())
+        previous = signal.getsignal(signal.SIGHUP)
+        service.startService()
+        try:
+            self.assertNotEqual(signal.getsignal(signal.SIGHUP), previous)
+            os.kill(os.getpid(), signal.SIGHUP)
+            self.assertEqual(calls, [service.reload])
+        finally:
+            service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+        self.assertTrue(service.reload())
+        self.assertEqual(applied, [fresh])
+
+    def test_a_failed_parse_applies_nothing(self) -> None:
+        applied: list[Any] = []
+
+        def broken() -> Any:
+            raise ValueError("cannot read tokens file x")
+
+        service = HangupReload(broken, applied.append, object())
+        self.assertFalse(service.reload())
+        self.assertEqual(applied, [])

@@ -11,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tcpsocket.fairness import FairShare
 from tcpsocket.messages import Event, Reply, SocketReply, decode_socket_reply
 from tcpsocket.remote import DETACHED, RemoteSocket, SocketError, SocketOwner, describe_failure
 from tests.support import test_config as make_config
@@ -19,39 +20,45 @@ HWM = 16
 
 
 class FakeOwner(SocketOwner):
-    """Records what a socket reports to its owner."""
+    """Records what a socket reports to its owner; congestion through a real FairShare."""
 
     def __init__(self) -> None:
         self.events: list[SocketReply] = []
         self.finished = 0
-        self.is_congested = False
-        self.waiting: list[RemoteSocket] = []
+        self.share = FairShare()
 
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         self.events.append(decode_socket_reply(content))
 
     def socket_finished(self, socket: RemoteSocket) -> None:
         self.finished += 1
+        self.share.forget(socket)
 
     @property
     def congested(self) -> bool:
-        return self.is_congested
+        return self.share.congested
+
+    @property
+    def is_congested(self) -> bool:
+        return self.share.congested
+
+    @is_congested.setter
+    def is_congested(self, value: bool) -> None:
+        self.share.congested = value
 
     def wait_for_room(self, socket: RemoteSocket) -> None:
-        if socket not in self.waiting:
-            self.waiting.append(socket)
+        self.share.wait(socket)
 
     def stop_waiting(self, socket: RemoteSocket) -> None:
-        if socket in self.waiting:
-            self.waiting.remove(socket)
+        self.share.forget(socket)
+
+    @property
+    def waiting(self) -> list[Any]:
+        return list(self.share._waiting)
 
     def drain(self) -> None:
-        """The WebSocket has room again: serve the waiting sockets in turn (as FairShare)."""
-        self.is_congested = False
-        while self.waiting and not self.is_congested:
-            socket = self.waiting.pop(0)
-            if socket.serve_turn():
-                self.wait_for_room(socket)
+        """The WebSocket has room again (what its transport tells the FairShare)."""
+        self.share.resumeProducing()
 
     def kinds(self) -> list[Reply]:
         return [e.reply for e in self.events]
@@ -323,6 +330,32 @@ class ReadingTests(SynchronousTestCase):
         self.assertTrue(socket.reading_paused)  # still suspended
         socket.resume()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_a_pass_stops_when_congested_again_and_resumes_there(self) -> None:
+        first, _, owner, _ = make()
+        sockets = [first] + [RemoteSocket(first.config, owner, first._clock) for _ in range(2)]
+        for socket in sockets[1:]:
+            socket.makeConnection(FlowTransport())
+        for socket in sockets:
+            socket.set_event_enabled(Event.DATA, True)
+        owner.share.pauseProducing()
+        for name, socket in zip("abc", sockets, strict=True):
+            socket.dataReceived(name.encode() + b"1")
+            socket.dataReceived(name.encode() + b"2")
+        sent = owner.send_event
+
+        def congest_after_second(socket: RemoteSocket, content: bytes) -> None:
+            sent(socket, content)
+            if len(owner.events) == 2:
+                owner.share.pauseProducing()  # the transport is full again
+
+        with mock.patch.object(owner, "send_event", congest_after_second):
+            owner.drain()
+        self.assertEqual(owner.data(), b"a1b1")
+        self.assertEqual(owner.waiting, [sockets[2], sockets[0], sockets[1]])
+        owner.drain()
+        self.assertEqual(owner.data(), b"a1b1c1a2b2c2")
+        self.assertEqual(owner.waiting, [])
 
     def test_congestion_pauses_at_the_high_water_mark(self) -> None:
         socket, transport, owner, _ = make()
