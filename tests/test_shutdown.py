@@ -12,7 +12,8 @@ import signal
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tcpsocket.site import TcpSocketService
@@ -37,6 +38,15 @@ from tests.support import (
 from tests.twistd_helpers import start_twistd
 
 ACCEPTED = 8 * MiB
+
+
+class Received(Protocol):
+    """Keeps what it receives."""
+
+    data = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
 
 
 class SlowSink(HashingSink):
@@ -130,11 +140,23 @@ class EmbeddedShutdownTests(TestCase):
         socket_id = await client.open_ok(service_id, remote_port)
         shrink_send_buffer(service.site, service_id, socket_id)
         await send_accepted(client, service_id, socket_id)
+        # An HTTP connection accepted before the stop (it got a page), upgrading only after it.
+        late = await connectProtocol(UNIXClientEndpoint(reactor, path), Received())
+        late.transport.write(b"GET /api/v1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await wait_until(lambda: b"\r\n\r\n" in late.data)
+        late.data = b""
         stopped = service.stopService()
         done: list[None] = []
         stopped.addCallback(done.append)
         await client.raw.closed
         self.assertFalse(os.path.exists(path))  # no longer listening
+        late.transport.write(
+            b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await wait_until(lambda: b"HTTP/1.1 503" in late.data or b"HTTP/1.1 101" in late.data)
+        self.assertIn(b"HTTP/1.1 503", late.data)
         self.assertEqual(done, [])
         (sink,) = factory.connections
         assert isinstance(sink, PausedSink)
