@@ -235,7 +235,9 @@ class SessionProtocol(WebSocketServerProtocol):
             return text
         if not was_clean:
             return f"connection lost without a close frame: {reason}"
-        text = f"code {code}" + (f": {reason}" if reason else "") if code is not None else "no code"
+        # The client's reason is client text: quoted and cut for the log.
+        said = f": {repr(reason)[:200]}" if reason else ""
+        text = f"code {code}{said}" if code is not None else "no code"
         return text + "; closed by the client"
 
     def end(self, code: int, reason: str) -> None:
