@@ -76,7 +76,8 @@ class HangupReload(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            self._previous = signal.signal(signal.SIGHUP, self._on_signal)
 
     def stopService(self) -> None:
         super().stopService()
