@@ -8,8 +8,9 @@ flow control (protocol.md B.5-B.8):
   full and when it has drained; ``send`` answers whether the unsent bytes are
   under the high-water mark and one DRAIN follows a ``False``;
 * downstream, reading from the remote pauses while the client has suspended
-  the socket, while held (undelivered) DATA exceeds the high-water mark, or
-  while the session's WebSocket is congested;
+  the socket, or while held (undelivered) DATA exceeds the high-water mark;
+  DATA is also held while the session's WebSocket is congested, and the
+  socket then waits for a turn (:mod:`tcpsocket.fairness`);
 * events leave in the order they happened; DATA waits for a DATA listener,
   and CLOSE is always last and sent once.
 """
@@ -43,6 +44,7 @@ from tcpsocket.messages import (
 
 if TYPE_CHECKING:
     from tcpsocket.config import ServerConfig
+    from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["RemoteSocket", "SocketError", "SocketOwner", "describe_failure"]
 
@@ -50,6 +52,17 @@ log = Logger()
 
 _CLOSE_EVENT = encode_reply(Reply.CLOSE_EVENT)
 _DRAIN_EVENT = encode_drain_event(True)
+
+
+def transport_unsent(transport: Any) -> int:
+    """Bytes a Twisted TCP transport still holds (not yet taken by the kernel).
+
+    Reads ``FileDescriptor`` internals (0 for other transports).
+    """
+    try:
+        return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
+    except (AttributeError, TypeError):
+        return 0
 
 
 class SocketError(Exception):
@@ -109,6 +122,12 @@ class SocketOwner:
         """Whether the client's WebSocket has too much queued."""
         return False
 
+    def wait_for_room(self, socket: RemoteSocket) -> None:
+        """``socket`` holds DATA because of congestion: ``serve_turn`` it when there is room."""
+
+    def stop_waiting(self, socket: RemoteSocket) -> None:
+        """``socket`` no longer waits for room (released or finished)."""
+
 
 #: Events go nowhere once the owner lets go of a socket.
 DETACHED = SocketOwner()
@@ -140,9 +159,11 @@ class RemoteSocket(Protocol):
         config: ServerConfig,
         owner: SocketOwner,
         clock: Any,
+        connections: ConnectionSet | None = None,
     ) -> None:
         self.config = config
         self.owner = owner
+        self._connections = connections
         self.socket_id = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -163,6 +184,9 @@ class RemoteSocket(Protocol):
         self._close_delivered = False
         self._close_timer: IDelayedCall | None = None
         self._error: str | None = None
+        #: Who closed first: "the client", "the remote" or "the daemon".
+        self.closed_by: str | None = None
+        self._lost_in_transport = 0
 
     # -- introspection -------------------------------------------------------
 
@@ -195,6 +219,8 @@ class RemoteSocket(Protocol):
 
     def connectionMade(self) -> None:
         self._state = _State.OPEN
+        if self._connections is not None:
+            self._connections.add(self)
         transport: Any = self.transport
         # The transport's buffer size is both where it pauses us as a producer
         # and how much it reads at once.
@@ -207,26 +233,32 @@ class RemoteSocket(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
-        if not self._events and self._data_flows():
-            self.owner.send_data(self, data)
-            return
-        self._events.append((Event.DATA, data))
+        events = self._events
+        if not events:
+            if self._data_flows():
+                self.owner.send_data(self, data)
+                return
+            if self._waits_for_room():
+                # Only congestion holds it: take a turn when the WebSocket drains.
+                self.owner.wait_for_room(self)
+        events.append((Event.DATA, data))
         self._held += len(data)
         if self._held > self.config.high_water_mark:
             self._update_reading()
 
     def readConnectionLost(self) -> None:
         # The remote sent FIN: write what is still queued, then close.
-        self.close()
+        self.close(by="the remote")
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        previous = self._state
         self._state = _State.CLOSED
         self._cancel_close_timer()
-        unsent = self._queued
+        if self.closed_by is None:
+            self.closed_by = "the remote"
+        unsent = self._queued + self._lost_in_transport + transport_unsent(self.transport)
         self._queue.clear()
         self._queued = 0
         if self._error is None and not reason.check(error.ConnectionDone):
@@ -239,16 +271,21 @@ class RemoteSocket(Protocol):
                 text += f"; {unsent} accepted bytes were not delivered"
             self._events.append((Event.ERROR, encode_error_event(text)))
         self._events.append((Event.CLOSE, _CLOSE_EVENT))
-        log.info(
-            "socket {id} to {peer} closed after {state}: {sent} bytes sent, "
-            "{received} received{why}",
+        emit = log.error if unsent else log.info
+        emit(
+            "socket {id} to {peer} closed by {closer}: {sent} bytes sent, "
+            "{received} received{why}{lost}",
             id=self.socket_id,
             peer=self._peer(),
-            state=previous.value,
+            closer=self.closed_by,
             sent=self.bytes_sent,
             received=self.bytes_received,
             why=f" ({self._error})" if self._error else "",
+            lost=f"; {unsent} accepted bytes were NOT delivered" if unsent else "",
+            undelivered=unsent,
         )
+        if self._connections is not None:
+            self._connections.discard(self, unsent)
         self._pump()
 
     # -- requests from the client -------------------------------------------
@@ -289,10 +326,12 @@ class RemoteSocket(Protocol):
         self._suspends -= 1
         self._pump()
 
-    def close(self) -> None:
-        """Write what is queued, then close; idempotent."""
+    def close(self, by: str = "the client") -> None:
+        """Write what is queued, then close; idempotent.  ``by``: who asked, for the log."""
         if self._state in (_State.CLOSING, _State.CLOSED):
             return
+        if self.closed_by is None:
+            self.closed_by = by
         self._state = _State.CLOSING
         self._close_timer = self._clock.callLater(self.config.close_timeout, self._close_timed_out)
         self._finish_close()
@@ -303,18 +342,23 @@ class RemoteSocket(Protocol):
             return
         if self._error is None:
             self._error = reason
+        if self.closed_by is None:
+            self.closed_by = "the daemon"
         self._state = _State.CLOSING
+        # The transport drops what it holds: count it as not delivered.
+        self._lost_in_transport = transport_unsent(self.transport)
         self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def detach(self) -> None:
+    def detach(self, by: str = "the client") -> None:
         """The owner lets go: drop undelivered events, flush what was accepted, close."""
+        self.owner.stop_waiting(self)
         self.owner = DETACHED
         self._events.clear()
         self._held = 0
         self._enabled = set(Event)
         self._suspends = 0
         self._update_reading()
-        self.close()
+        self.close(by)
 
     def set_event_enabled(self, event: Event, enabled: bool) -> None:
         """EnableEvent/DisableEvent for this socket."""
@@ -327,9 +371,11 @@ class RemoteSocket(Protocol):
         else:
             self._enabled.discard(event)
 
-    def congestion_changed(self) -> None:
-        """The owner's :attr:`SocketOwner.congested` may have changed."""
-        self._pump()
+    def serve_turn(self) -> bool:
+        """The WebSocket has room: deliver one held DATA event (and what follows it up
+        to the next DATA); return whether more DATA waits for the client."""
+        self._pump(data_events=1)
+        return bool(self._events) and self._events[0][0] is Event.DATA and self._waits_for_room()
 
     # -- internals -----------------------------------------------------------
 
@@ -369,18 +415,31 @@ class RemoteSocket(Protocol):
             self._close_timer.cancel()
         self._close_timer = None
 
+    def _waits_for_room(self) -> bool:
+        """Whether the client takes DATA, so that only congestion may hold it."""
+        return Event.DATA in self._enabled and not self._suspends
+
     def _data_flows(self) -> bool:
         """Whether DATA may go to the client now."""
-        return Event.DATA in self._enabled and not self._suspends and not self.owner.congested
+        return self._waits_for_room() and not self.owner.congested
 
-    def _pump(self) -> None:
-        """Deliver queued events in order, as far as listeners and flow control allow."""
+    def _pump(self, data_events: int = -1) -> None:
+        """Deliver queued events in order, as far as listeners and flow control allow.
+
+        At most ``data_events`` DATA events go (all if negative).
+        """
         events = self._events
         enabled = self._enabled
         while events:
             event, content = events[0]
-            if event is Event.DATA and not self._data_flows():
-                break
+            if event is Event.DATA:
+                if not data_events:
+                    break
+                if not self._data_flows():
+                    if self._waits_for_room():
+                        self.owner.wait_for_room(self)
+                    break
+                data_events -= 1
             if event not in enabled:
                 if event is Event.ERROR and Event.CLOSE in enabled:
                     # Nobody listens for ERROR; CLOSE must not wait for it.
@@ -402,9 +461,9 @@ class RemoteSocket(Protocol):
     def _update_reading(self) -> None:
         if self._state not in (_State.OPEN, _State.CLOSING) or self.transport is None:
             return
-        paused = (
-            self._suspends > 0 or self._held > self.config.high_water_mark or self.owner.congested
-        )
+        # A congested session does not pause its sockets: each one stops at
+        # its own high-water mark (and waits for a turn, see fairness.py).
+        paused = self._suspends > 0 or self._held > self.config.high_water_mark
         if paused != self._reading_paused:
             self._reading_paused = paused
             transport: Any = self.transport

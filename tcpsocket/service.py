@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IAddress
@@ -32,6 +33,7 @@ from tcpsocket.messages import (
 from tcpsocket.policy import Address, default_denial, parse_address
 from tcpsocket.remote import RemoteSocket, SocketError, SocketOwner, describe_failure
 from tcpsocket.resolve import CheckedNames, LookupRefused
+from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionLink", "TcpSocketManagerService", "check_address"]
 
@@ -53,6 +55,9 @@ class SessionLink(TypingProtocol):
     def reactor(self) -> Any: ...
 
     @property
+    def connections(self) -> ConnectionSet: ...
+
+    @property
     def congested(self) -> bool: ...
 
     @property
@@ -63,6 +68,10 @@ class SessionLink(TypingProtocol):
     def send_event(self, service: int, object_id: int, content: bytes) -> None: ...
 
     def send_data_event(self, service: int, object_id: int, data: bytes) -> None: ...
+
+    def wait_for_room(self, socket: RemoteSocket) -> None: ...
+
+    def stop_waiting(self, socket: RemoteSocket) -> None: ...
 
 
 def check_address(host: str, port: int) -> tuple[str, str | None]:
@@ -94,12 +103,41 @@ def _shown(text: str, limit: int = 100) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
-class _SocketFactory(Factory):
-    def __init__(self, config: ServerConfig, owner: SocketOwner, clock: Any) -> None:
-        self._args = (config, owner, clock)
+def _connect_timed_out(result: Any, timeout: float) -> Any:
+    """An open cancelled by its timeout failed by timing out, even in a name lookup
+    (which HostnameEndpoint reports as a lookup failure when cancelled)."""
+    if isinstance(result, Failure):
+        raise defer.TimeoutError(timeout, "connect")
+    return result
 
-    def buildProtocol(self, addr: IAddress | None) -> RemoteSocket:
+
+class _SocketFactory(Factory):
+    # One factory per open: no "Starting factory" / "Stopping factory" lines.
+    noisy = False
+
+    def __init__(
+        self, config: ServerConfig, owner: SocketOwner, clock: Any, connections: ConnectionSet
+    ) -> None:
+        self._args: tuple[ServerConfig, SocketOwner, Any, ConnectionSet] | None = (
+            config,
+            owner,
+            clock,
+            connections,
+        )
+
+    def buildProtocol(self, addr: IAddress | None) -> RemoteSocket | None:
+        if self._args is None:
+            return None  # the open is over: refuse a late connection
         return RemoteSocket(*self._args)
+
+    def forget(self) -> None:
+        """The open is over: let go of the service.
+
+        Twisted's client connector and transport keep each other (and so this
+        factory) alive until the garbage collector runs; the session and its
+        buffers must not wait for that.
+        """
+        self._args = None
 
 
 class TcpSocketManagerService(SocketOwner):
@@ -126,6 +164,7 @@ class TcpSocketManagerService(SocketOwner):
     def socket_finished(self, socket: RemoteSocket) -> None:
         # A socket counts against the session's limit until it is forgotten,
         # so that what it holds for the client stays bounded too.
+        self.session.stop_waiting(socket)
         if self.sockets.pop(socket.socket_id, None) is not None:
             self.session.sockets_in_use -= 1
             self.session.budgets.sockets -= 1
@@ -134,6 +173,12 @@ class TcpSocketManagerService(SocketOwner):
     @property
     def congested(self) -> bool:
         return self.session.congested
+
+    def wait_for_room(self, socket: RemoteSocket) -> None:
+        self.session.wait_for_room(socket)
+
+    def stop_waiting(self, socket: RemoteSocket) -> None:
+        self.session.stop_waiting(socket)
 
     # -- requests ------------------------------------------------------------
 
@@ -210,8 +255,10 @@ class TcpSocketManagerService(SocketOwner):
         """
         return self.released and not self.sockets and not self._connecting
 
-    def stop(self) -> None:
+    def stop(self, by: str = "the client") -> None:
         """The service or its session is gone: cancel connects, close every socket.
+
+        ``by`` says who ended it, for the log.
 
         A cancelled open is answered with an error (dropped by a session that
         is ending), so every request still gets its one response.
@@ -219,17 +266,17 @@ class TcpSocketManagerService(SocketOwner):
         self._stopped = True
         for pending in list(self._connecting):
             pending.cancel()
-        for socket in self.sockets.values():
-            self._detach(socket)
-        self.sockets.clear()
+        sockets, self.sockets = self.sockets, {}
+        for socket in sockets.values():
+            self._detach(socket, by)
 
     # -- internals -----------------------------------------------------------
 
-    def _detach(self, socket: RemoteSocket) -> None:
+    def _detach(self, socket: RemoteSocket, by: str = "the client") -> None:
         self.session.sockets_in_use -= 1
         self.session.budgets.sockets -= 1
         self.session.budgets.forget(socket)
-        socket.detach()
+        socket.detach(by)
 
     def _respond(self, object_id: int, request_id: int, content: bytes) -> None:
         # Also after stop(): an open still pending when the service is released
@@ -264,7 +311,7 @@ class TcpSocketManagerService(SocketOwner):
         session.budgets.sockets += 1
         attempt = _Attempt(self, host, literal, port)
         connecting = ensureDeferred(attempt.run())
-        connecting.addTimeout(config.connect_timeout, session.reactor)
+        connecting.addTimeout(config.connect_timeout, session.reactor, _connect_timed_out)
         self._connecting.add(connecting)
 
         def connected(socket: RemoteSocket) -> None:
@@ -289,13 +336,21 @@ class TcpSocketManagerService(SocketOwner):
             self._connecting.discard(connecting)
             session.sockets_in_use -= 1
             session.budgets.sockets -= 1
+            if isinstance(reason.value, _Denied):
+                return self._deny(fail, host, port, str(reason.value))
             if reason.check(_Refused):
-                why = str(reason.value)
-                if isinstance(reason.value, _Denied):
-                    return self._deny(fail, host, port, why)
-                return fail(why)
-            why = "the service was released" if self._stopped else describe_failure(reason)
-            fail(f"{why} ({host} port {port})")
+                why = detail = str(reason.value)
+            else:
+                why = "the service was released" if self._stopped else describe_failure(reason)
+                detail = f"{why} ({host} port {port})"
+            log.warn(
+                "open of {identity} to {host} port {port} failed: {why}",
+                identity=session.identity,
+                host=host,
+                port=port,
+                why=why,
+            )
+            fail(detail)
 
         connecting.addCallbacks(connected, failed)
 
@@ -348,7 +403,7 @@ class _Attempt:
             try:
                 addresses = await lookup
             except LookupRefused:
-                raise _Refused(f"host name lookup failed ({host} port {port})") from None
+                raise error.DNSLookupError(host) from None
         allowed: list[str] = []
         denial: str | None = None
         for address in addresses:
@@ -373,8 +428,11 @@ class _Attempt:
             else:
                 reactor = CheckedNames(session.reactor, host, allowed)
                 endpoint = config.connect(reactor, host, port, config.connect_timeout)
-            factory = _SocketFactory(config, self.service, session.reactor)
-            socket = await endpoint.connect(factory)
+            factory = _SocketFactory(config, self.service, session.reactor, session.connections)
+            try:
+                socket = await endpoint.connect(factory)
+            finally:
+                factory.forget()
             assert isinstance(socket, RemoteSocket)
         finally:
             budgets.sockets -= extra

@@ -18,15 +18,16 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from tcpsocket._timers import use_reactor_timers
 from tcpsocket.bincode import DecodeError
 from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
+from tcpsocket.fairness import FairShare, Waiter
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.memory import HeapTrimmer
 from tcpsocket.messages import (
     CORE_SERVICE,
     PERMISSION,
@@ -51,6 +52,7 @@ from tcpsocket.messages import (
     encode_response,
 )
 from tcpsocket.service import TcpSocketManagerService
+from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionFactory", "SessionProtocol"]
 
@@ -67,23 +69,6 @@ POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 
 
-@implementer(IPushProducer)
-class _Congestion:
-    """Told by the WebSocket's transport when the client is not keeping up (B.10)."""
-
-    def __init__(self, session: SessionProtocol) -> None:
-        self._session = session
-
-    def pauseProducing(self) -> None:
-        self._session._set_congested(True)
-
-    def resumeProducing(self) -> None:
-        self._session._set_congested(False)
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class SessionProtocol(WebSocketServerProtocol):
     """One client session."""
 
@@ -97,7 +82,8 @@ class SessionProtocol(WebSocketServerProtocol):
         self._permissions: frozenset[str] = frozenset()
         self._authenticated = False
         self._ending = False
-        self._congested = False
+        # Told by the WebSocket's transport when the client is not keeping up (B.10).
+        self._share = FairShare()
         self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
@@ -124,8 +110,18 @@ class SessionProtocol(WebSocketServerProtocol):
         return self.factory.reactor
 
     @property
+    def connections(self) -> ConnectionSet:
+        return self.factory.connections
+
+    @property
     def congested(self) -> bool:
-        return self._congested
+        return self._share.congested
+
+    def wait_for_room(self, socket: Waiter) -> None:
+        self._share.wait(socket)
+
+    def stop_waiting(self, socket: Waiter) -> None:
+        self._share.forget(socket)
 
     @property
     def budgets(self) -> Budgets:
@@ -145,6 +141,8 @@ class SessionProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = request.peer
         self._origin = request.origin
+        if self.factory.stopping:
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "daemon stopping")
         if len(self.factory.sessions) >= self.factory.budgets.max_sessions:
             log.warn("refused session from {peer}: too many sessions", peer=request.peer)
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
@@ -164,7 +162,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # takes over, so that a slow client pauses reading from its remotes.
         transport.unregisterProducer()
         transport.bufferSize = self.config.session_buffer
-        transport.registerProducer(_Congestion(self), True)
+        transport.registerProducer(self._share, True)
         self._handshake_timer = self.reactor.callLater(
             self.config.handshake_timeout, self._handshake_timed_out
         )
@@ -200,25 +198,62 @@ class SessionProtocol(WebSocketServerProtocol):
         self.openHandshakeTimeoutCall = None
         if self in self.factory.sessions:
             self.factory.sessions.discard(self)
+            ender = "the daemon" if self.closedByMe else "the client"
             for service in self.services.values():
-                service.stop()
+                service.stop(by=ender)
             self.services.clear()
             if self._authenticated:
                 log.info(
                     "session of {identity} from {peer} ended ({how})",
                     identity=self.identity,
                     peer=self._peer_name,
-                    how=f"code {code}" + (f": {reason}" if reason else "")
-                    if code is not None
-                    else "no close code",
+                    how=self._how_it_ended(wasClean, code, reason),
+                    close_code=self.localCloseCode if self.closedByMe else self.remoteCloseCode,
+                    closed_by=ender if wasClean or self.closedByMe else "the network",
                 )
         waiters, self._closed_waiters = self._closed_waiters, []
         for waiter in waiters:
             waiter.callback(None)
 
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # Autobahn's futures hold this protocol as their result, and it holds
+        # them: a cycle that would keep the session (and the buffers of its
+        # transport) until the garbage collector runs.
+        self.is_open = self.is_closed = None
+        self.factory.trimmer.session_ended(len(self.factory.sessions))
+
+    def _how_it_ended(self, was_clean: bool, code: int | None, reason: str | None) -> str:
+        """The close code and reason really sent or received, and who closed first.
+
+        Autobahn's ``onClose`` reports the code of the client's close frame
+        (which may only echo ours, or be 1000); the daemon's own is kept apart.
+        """
+        if self.closedByMe and self.localCloseCode is not None:
+            sent = self.localCloseReason
+            text = f"code {self.localCloseCode}"
+            if sent:
+                text += f": {sent.decode('utf-8', 'replace')}"
+            text += "; closed by the daemon"
+            if not was_clean:
+                text += ", the client did not complete the close handshake"
+            return text
+        if not was_clean:
+            return f"connection lost without a close frame: {reason}"
+        # The client's reason is client text: quoted and cut for the log.
+        said = f": {repr(reason)[:200]}" if reason else ""
+        text = f"code {code}{said}" if code is not None else "no code"
+        return text + "; closed by the client"
+
     def end(self, code: int, reason: str) -> None:
         """Close the session with a WebSocket close ``code`` and ``reason``."""
         self._ending = True
+        if self.state == self.STATE_CONNECTING:
+            # Not a WebSocket yet: no close frame to send.
+            self.dropConnection(abort=True)
+            return
+        if self.state != self.STATE_OPEN:
+            return
         # sendClose() only takes application codes; protocol codes go in the
         # frame directly.  A close reason is at most 123 bytes of UTF-8.
         raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
@@ -354,14 +389,6 @@ class SessionProtocol(WebSocketServerProtocol):
         self.services[service_id] = TcpSocketManagerService(self, service_id)
         return encode_get_service_response(GetServiceResult.SUCCESS, service_id)
 
-    def _set_congested(self, congested: bool) -> None:
-        if congested == self._congested:
-            return
-        self._congested = congested
-        for service in self.services.values():
-            for socket in service.sockets.values():
-                socket.congestion_changed()
-
 
 class SessionFactory(WebSocketServerFactory):
     """Creates sessions; holds the configuration and the live sessions."""
@@ -378,6 +405,11 @@ class SessionFactory(WebSocketServerFactory):
         self.sessions: set[SessionProtocol] = set()
         #: What the sessions share: socket, byte and lookup budgets, own endpoints.
         self.budgets = Budgets(config, reactor)
+        #: Remote connections still open, also those flushing after their session ended.
+        self.connections = ConnectionSet()
+        #: Set when the daemon stops: new sessions are refused.
+        self.stopping = False
+        self.trimmer = HeapTrimmer(reactor)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,

@@ -16,15 +16,19 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
+from tcpsocket.reload import apply_reload
 from tcpsocket.session import SessionFactory
 from tcpsocket.web import ApiV1Resource, DemoResource
 
 __all__ = ["TcpSocketService", "TcpSocketSite", "build_root", "build_site"]
+
+log = Logger()
 
 #: Close code sent to clients when the daemon stops (RFC 6455 "going away").
 GOING_AWAY = 1001
@@ -103,16 +107,48 @@ class TcpSocketService(MultiService):
             service._raiseSynchronously = True
             service.setServiceParent(self)
 
-    def stopService(self) -> Deferred[None]:
-        """Stop listening, end every session, and fire when they are closed.
+    def reconfigure(self, fresh: ServerConfig) -> None:
+        """Take ``fresh``'s tokens and destination rules in one step (:mod:`tcpsocket.reload`)."""
+        factory = self.site.session_factory
+        factory.config = apply_reload(factory.config, fresh)
 
-        The sessions' sockets flush what was accepted, then close (bounded by
-        the close timeout).
+    def stopService(self) -> Deferred[None]:
+        """Stop gracefully; the Deferred fires once every remote connection is closed.
+
+        1. Stop listening, and refuse WebSocket upgrades still in flight.
+        2. End every session with close code 1001 "daemon stopping".
+        3. Each session's sockets then flush what ``send`` accepted to their
+           remotes and close, each within the close timeout; a socket that
+           cannot is aborted and an ERROR log line says how many accepted
+           bytes were not delivered.
+        4. Fire (under twistd, the reactor stops only then).
         """
-        closed = []
-        for session in list(self.site.session_factory.sessions):
-            closed.append(session.when_closed())
-            session.end(GOING_AWAY, "daemon stopping")
+        factory = self.site.session_factory
+        factory.stopping = True
+        sessions = list(factory.sessions)
+        log.info(
+            "daemon stopping: ending {sessions} sessions; sockets flush for up to {timeout:g} s",
+            sessions=len(sessions),
+            timeout=factory.config.close_timeout,
+        )
+        closed = [session.when_closed() for session in sessions]
         stopping = defer.maybeDeferred(super().stopService)
-        done: Deferred[None] = defer.gatherResults([stopping, *closed]).addCallback(lambda _: None)
-        return done
+        for session in sessions:
+            session.end(GOING_AWAY, "daemon stopping")
+        connections = factory.connections
+
+        def flushed(_: object) -> Deferred[None]:
+            return connections.when_empty()
+
+        def report(_: object) -> None:
+            if connections.undelivered:
+                log.error(
+                    "daemon stopped: {sockets} sockets could not deliver {bytes} accepted bytes",
+                    sockets=connections.incomplete,
+                    bytes=connections.undelivered,
+                )
+            else:
+                log.info("daemon stopped: every socket delivered what it accepted")
+
+        done = defer.gatherResults([stopping, *closed])
+        return done.addCallback(flushed).addCallback(report)

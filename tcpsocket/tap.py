@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
@@ -11,6 +14,7 @@ from twisted.python import usage
 from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.policy import DestinationPolicy, Rule
+from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tokens import Token, TokenStore, load_tokens_file
 
@@ -142,6 +146,8 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        #: The arguments parsed, so that a reload (SIGHUP) can parse them again.
+        self.arguments: list[str] = []
         self["listen"] = []
         self["token"] = []
         self["allow"] = []
@@ -174,6 +180,10 @@ class Options(usage.Options):
             self["allow"].append(Rule.parse(text, allow=allow))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def postOptions(self) -> None:
         tokens = TokenStore()
@@ -223,7 +233,18 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
 
 
+def reparse(options: Options) -> ServerConfig:
+    """The configuration that ``options``' arguments give now (files read again)."""
+    fresh = Options()
+    fresh.parseOptions(options.arguments)
+    config: ServerConfig = fresh["config"]
+    return config
+
+
 def makeService(options: Options) -> IService:
-    """Build the daemon's service from parsed options (raising the open files limit first)."""
+    """Build the daemon's service from parsed options (raising the open files limit first);
+    SIGHUP reloads it."""
     raise_nofile_limit()
-    return TcpSocketService(options["config"], options["listen"])
+    service = TcpSocketService(options["config"], options["listen"])
+    HangupReload(partial(reparse, options), service.reconfigure).setServiceParent(service)
+    return service

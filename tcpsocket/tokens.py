@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +49,30 @@ class TokenStore:
 
     def __init__(self, tokens: Iterable[Token] = ()) -> None:
         self._tokens: dict[bytes, Token] = {}
+        #: Digests of the single-use tokens already used: they never work again.
+        self._consumed: set[bytes] = set()
         for token in tokens:
             self.add(token)
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    def __iter__(self) -> Iterator[Token]:
+        return iter(list(self._tokens.values()))
+
+    def replace(self, tokens: Iterable[Token]) -> None:
+        """Accept exactly ``tokens`` from now on (a reload), in one step.
+
+        Single-use tokens already consumed stay consumed, even if listed again.
+        """
+        fresh: dict[bytes, Token] = {}
+        for token in tokens:
+            if not token.value:
+                raise ValueError("a token must not be empty")
+            key = _digest(token.value)
+            if key not in self._consumed:
+                fresh[key] = token
+        self._tokens = fresh
 
     def add(self, token: Token) -> None:
         """Accept ``token`` from now on."""
@@ -68,6 +87,7 @@ class TokenStore:
             return None
         if token.single_use:
             del self._tokens[key]
+            self._consumed.add(key)
         return token
 
 

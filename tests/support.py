@@ -19,6 +19,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
@@ -108,6 +109,17 @@ LOCALHOST = NameTable({"localhost": ["::1", "127.0.0.1"]})
 LOOPBACK_RULES = ("allow 127.0.0.0/8:*", "allow [::1]:*", "allow localhost:*")
 
 
+def open_sockets() -> int:
+    """How many sockets this process has open (the file descriptors of connections)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
+        except OSError:  # the directory's own descriptor, gone by now
+            pass
+    return count
+
+
 def test_config(**overrides: Any) -> ServerConfig:
     """A config with the test tokens, whose policy allows loopback (and only loopback)."""
     tokens = TokenStore(
@@ -123,6 +135,14 @@ def test_config(**overrides: Any) -> ServerConfig:
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
+
+
+def capture_logs(test: Any) -> list[dict[str, Any]]:
+    """The ``twisted.logger`` events emitted from now until the end of ``test``."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, events.append)
+    return events
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.005) -> None:

@@ -318,24 +318,30 @@ class BrowserFlowTests(harness.BrowserTestCase):
             seen["events"] += 1
             sampler.sample()
 
-        original_congestion_changed = socket.congestion_changed
+        # The WebSocket's transport pauses and resumes the session's FairShare.
+        share = session._share
+        original_pause, original_resume = share.pauseProducing, share.resumeProducing
 
-        def congestion_changed() -> None:
-            original_congestion_changed()
-            now = reactor.seconds()  # type: ignore[attr-defined]
-            if session.congested:
-                seen["congested"] += 1
-                if socket.reading_paused:
-                    seen["congested_and_paused"] += 1
-                since.append(now)
-            elif since:
-                episode = round((now - since.pop()) * 1000)
+        def pause() -> None:
+            original_pause()
+            seen["congested"] += 1
+            since.append(reactor.seconds())  # type: ignore[attr-defined]
+            sampler.sample()
+
+        def resume() -> None:
+            # Did the socket stop reading its remote during this congestion?
+            if socket.reading_paused:
+                seen["congested_and_paused"] += 1
+            if since:
+                episode = round((reactor.seconds() - since.pop()) * 1000)  # type: ignore[attr-defined]
                 seen["longest_ms"] = max(seen["longest_ms"], episode)
                 since.clear()
+            original_resume()
             sampler.sample()
 
         session.send_event = send_event
-        socket.congestion_changed = congestion_changed
+        share.pauseProducing = pause
+        share.resumeProducing = resume
         sampler.start()
         self.addCleanup(sampler.stop)
         return sampler, seen

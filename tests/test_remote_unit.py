@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 from twisted.internet import error
 from twisted.internet.task import Clock
@@ -10,6 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from tcpsocket.fairness import FairShare
 from tcpsocket.messages import Event, Reply, SocketReply, decode_socket_reply
 from tcpsocket.remote import DETACHED, RemoteSocket, SocketError, SocketOwner, describe_failure
 from tests.support import test_config as make_config
@@ -18,22 +20,45 @@ HWM = 16
 
 
 class FakeOwner(SocketOwner):
-    """Records what a socket reports to its owner."""
+    """Records what a socket reports to its owner; congestion through a real FairShare."""
 
     def __init__(self) -> None:
         self.events: list[SocketReply] = []
         self.finished = 0
-        self.is_congested = False
+        self.share = FairShare()
 
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         self.events.append(decode_socket_reply(content))
 
     def socket_finished(self, socket: RemoteSocket) -> None:
         self.finished += 1
+        self.share.forget(socket)
 
     @property
     def congested(self) -> bool:
-        return self.is_congested
+        return self.share.congested
+
+    @property
+    def is_congested(self) -> bool:
+        return self.share.congested
+
+    @is_congested.setter
+    def is_congested(self, value: bool) -> None:
+        self.share.congested = value
+
+    def wait_for_room(self, socket: RemoteSocket) -> None:
+        self.share.wait(socket)
+
+    def stop_waiting(self, socket: RemoteSocket) -> None:
+        self.share.forget(socket)
+
+    @property
+    def waiting(self) -> list[Any]:
+        return list(self.share._waiting)
+
+    def drain(self) -> None:
+        """The WebSocket has room again (what its transport tells the FairShare)."""
+        self.share.resumeProducing()
 
     def kinds(self) -> list[Reply]:
         return [e.reply for e in self.events]
@@ -234,14 +259,40 @@ class ReadingTests(SynchronousTestCase):
         socket, _, owner, _ = make()
         socket.set_event_enabled(Event.DATA, True)
         owner.is_congested = True
-        socket.congestion_changed()
-        self.assertTrue(socket.reading_paused)
         socket.dataReceived(b"late read")
         self.assertEqual(owner.events, [])
-        owner.is_congested = False
-        socket.congestion_changed()
+        self.assertEqual(owner.waiting, [socket])
+        self.assertFalse(socket.reading_paused)  # under its own high-water mark
+        owner.drain()
         self.assertEqual(owner.data(), b"late read")
-        self.assertFalse(socket.reading_paused)
+        self.assertEqual(owner.waiting, [])
+
+    def test_turns_deliver_one_data_event_each(self) -> None:
+        first, _, owner, _ = make()
+        second = RemoteSocket(first.config, owner, first._clock)
+        second.makeConnection(FlowTransport())
+        for socket in (first, second):
+            socket.set_event_enabled(Event.DATA, True)
+            socket.set_event_enabled(Event.CLOSE, True)
+        owner.is_congested = True
+        first.dataReceived(b"a1")
+        first.dataReceived(b"a2")
+        second.dataReceived(b"b1")
+        first.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(owner.waiting, [first, second])
+        turns: list[RemoteSocket] = []
+        serve = RemoteSocket.serve_turn
+
+        def recording(socket: RemoteSocket) -> bool:
+            turns.append(socket)
+            return serve(socket)
+
+        with mock.patch.object(RemoteSocket, "serve_turn", recording):
+            owner.drain()
+        self.assertEqual(turns, [first, second, first])
+        self.assertEqual(owner.data(), b"a1b1a2")
+        self.assertEqual(owner.kinds()[-1], Reply.CLOSE_EVENT)
+        self.assertEqual(owner.finished, 1)
 
     def test_data_held_until_enabled(self) -> None:
         socket, transport, owner, _ = make()
@@ -280,15 +331,44 @@ class ReadingTests(SynchronousTestCase):
         socket.resume()
         self.assertEqual(transport.producerState, "producing")
 
-    def test_congestion(self) -> None:
+    def test_a_pass_stops_when_congested_again_and_resumes_there(self) -> None:
+        first, _, owner, _ = make()
+        sockets = [first] + [RemoteSocket(first.config, owner, first._clock) for _ in range(2)]
+        for socket in sockets[1:]:
+            socket.makeConnection(FlowTransport())
+        for socket in sockets:
+            socket.set_event_enabled(Event.DATA, True)
+        owner.share.pauseProducing()
+        for name, socket in zip("abc", sockets, strict=True):
+            socket.dataReceived(name.encode() + b"1")
+            socket.dataReceived(name.encode() + b"2")
+        sent = owner.send_event
+
+        def congest_after_second(socket: RemoteSocket, content: bytes) -> None:
+            sent(socket, content)
+            if len(owner.events) == 2:
+                owner.share.pauseProducing()  # the transport is full again
+
+        with mock.patch.object(owner, "send_event", congest_after_second):
+            owner.drain()
+        self.assertEqual(owner.data(), b"a1b1")
+        self.assertEqual(owner.waiting, [sockets[2], sockets[0], sockets[1]])
+        owner.drain()
+        self.assertEqual(owner.data(), b"a1b1c1a2b2c2")
+        self.assertEqual(owner.waiting, [])
+
+    def test_congestion_pauses_at_the_high_water_mark(self) -> None:
         socket, transport, owner, _ = make()
+        socket.set_event_enabled(Event.DATA, True)
         owner.is_congested = True
-        socket.congestion_changed()
+        socket.dataReceived(b"a" * HWM)
+        self.assertEqual(transport.producerState, "producing")
+        socket.dataReceived(b"b")
         self.assertTrue(socket.reading_paused)
         self.assertEqual(transport.producerState, "paused")
-        owner.is_congested = False
-        socket.congestion_changed()
+        owner.drain()
         self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(owner.data(), b"a" * HWM + b"b")
 
 
 class EventOrderTests(SynchronousTestCase):

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tcpsocket.config import DEFAULT_LISTEN
 from tcpsocket.messages import encode_handshake
 from tcpsocket.policy import AllowList
+from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tap import Options, makeService
 from tests.support import raw_client_on, temp_dir, wait_until
@@ -184,7 +185,9 @@ class OptionsTests(SynchronousTestCase):
     def test_make_service(self) -> None:
         service = makeService(parse("--token", "t", "--listen", "tcp:0", "--listen", "tcp:0"))
         self.assertIsInstance(service, TcpSocketService)
-        self.assertEqual(len(list(service)), 2)
+        children = list(service)
+        self.assertEqual(len([c for c in children if isinstance(c, HangupReload)]), 1)
+        self.assertEqual(len(children), 3)  # two listeners and the SIGHUP reload
 
 
 class _Collect(ProcessProtocol):
@@ -274,4 +277,4 @@ class TwistdTests(TestCase):
         log = collect.output.decode()
         self.assertIn("session of desktop from unix", log)
         self.assertIn("started", log)
-        self.assertIn("ended (code 1000: done)", log)
+        self.assertIn("ended (code 1000: 'done'; closed by the client)", log)

@@ -1,0 +1,72 @@
+"""Fair sharing of one session WebSocket between its sockets (protocol.md B.10).
+
+The WebSocket's transport tells a :class:`FairShare` when more than
+``--session-buffer`` bytes are queued towards the client (``pauseProducing``)
+and when they are written (``resumeProducing``).  While it is congested, a
+socket that has DATA for the client holds it (each socket stops reading its
+remote at its own high-water mark) and joins the queue of waiting sockets,
+once.  When the WebSocket drains, the waiting sockets are served in turn, one
+DATA event each per turn, from where the last pass stopped, until the
+WebSocket is congested again or nobody waits.
+
+Every step is O(1) per socket event: nothing iterates over all of a
+session's sockets, and delivering an event (which may finish and forget a
+socket) never changes a container being iterated.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Protocol
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["FairShare", "Waiter"]
+
+
+class Waiter(Protocol):
+    """A socket that holds DATA for the client until the WebSocket has room."""
+
+    def serve_turn(self) -> bool:
+        """Deliver one DATA event (and the events up to the next one); whether more waits."""
+
+
+@implementer(IPushProducer)
+class FairShare:
+    """Round-robin turns on a congested WebSocket, registered as its push producer."""
+
+    def __init__(self) -> None:
+        self.congested = False
+        self._waiting: OrderedDict[Waiter, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many sockets wait for a turn."""
+        return len(self._waiting)
+
+    def wait(self, socket: Waiter) -> None:
+        """``socket`` holds DATA because of congestion: give it a turn when there is room."""
+        self._waiting[socket] = None
+
+    def forget(self, socket: Waiter) -> None:
+        """``socket`` no longer waits (it was released or closed)."""
+        self._waiting.pop(socket, None)
+
+    # -- IPushProducer, called by the WebSocket's transport ------------------
+
+    def pauseProducing(self) -> None:
+        self.congested = True
+
+    def resumeProducing(self) -> None:
+        self.congested = False
+        waiting = self._waiting
+        # Serving a socket writes to the transport, which calls
+        # pauseProducing() as soon as its buffer is full again.
+        while waiting and not self.congested:
+            socket, _ = waiting.popitem(last=False)
+            if socket.serve_turn():
+                waiting[socket] = None
+
+    def stopProducing(self) -> None:
+        self.congested = True
+        self._waiting.clear()
