@@ -195,6 +195,7 @@ class RemoteSocket(Protocol):
 
     def connectionMade(self) -> None:
         self._state = _State.OPEN
+        self.config.metrics.socket_connected(self)
         transport: Any = self.transport
         # The transport's buffer size is both where it pauses us as a producer
         # and how much it reads at once.
@@ -225,6 +226,7 @@ class RemoteSocket(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         previous = self._state
         self._state = _State.CLOSED
+        self.config.metrics.socket_closed(self)
         self._cancel_close_timer()
         unsent = self._queued
         self._queue.clear()

@@ -116,6 +116,11 @@ class TcpSocketManagerService(SocketOwner):
     def congested(self) -> bool:
         return self.session.congested
 
+    @property
+    def connecting(self) -> frozenset[Deferred[Any]]:
+        """The ``open()`` requests still connecting (name lookup or TCP connect)."""
+        return frozenset(self._connecting)
+
     # -- requests ------------------------------------------------------------
 
     def handle(self, object_id: int, request_id: int, request: SocketRequest) -> None:
@@ -208,12 +213,15 @@ class TcpSocketManagerService(SocketOwner):
 
         host, invalid = check_address(host, port)
         if invalid is not None:
+            config.metrics.socket_failed("invalid")
             return fail(invalid)
         denied = config.policy.check(session.identity, host, port)
         if denied is not None:
+            config.metrics.socket_failed("denied")
             return fail(f"not allowed: {denied}")
         if session.sockets_in_use >= config.max_sockets_per_session:
             limit = config.max_sockets_per_session
+            config.metrics.socket_failed("limit")
             return fail(f"too many sockets in this session (limit {limit})")
         session.sockets_in_use += 1
         endpoint = config.connect(session.reactor, host, port, config.connect_timeout)
@@ -245,6 +253,7 @@ class TcpSocketManagerService(SocketOwner):
             self._connecting.discard(connecting)
             session.sockets_in_use -= 1
             why = "the service was released" if self._stopped else describe_failure(reason)
+            config.metrics.socket_failed("released" if self._stopped else reason)
             fail(f"{why} ({host} port {port})")
 
         connecting.addCallbacks(connected, failed)

@@ -142,6 +142,7 @@ class SessionProtocol(WebSocketServerProtocol):
         self._origin = request.origin
         if len(self.factory.sessions) >= self.config.max_sessions:
             log.warn("refused session from {peer}: too many sessions", peer=request.peer)
+            self.config.metrics.session_refused("capacity")
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
         self.factory.sessions.add(self)
 
@@ -176,6 +177,8 @@ class SessionProtocol(WebSocketServerProtocol):
             else:
                 self._handshake(payload)
         except DecodeError as e:
+            if not self._authenticated:
+                self.config.metrics.handshake_failed("malformed")
             self._fail(PROTOCOL_ERROR, f"malformed message: {e}")
         except Exception:
             log.failure("internal error in session from {peer}", peer=self._peer_name)
@@ -251,6 +254,7 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
+        self.config.metrics.handshake_failed("timeout")
         self._fail(POLICY_VIOLATION, "no session handshake in time")
 
     def _handshake(self, payload: bytes) -> None:
@@ -260,12 +264,14 @@ class SessionProtocol(WebSocketServerProtocol):
         token = self.config.tokens.authenticate(decode_handshake(payload), self._origin)
         if token is None:
             self._write_message(encode_ack(False))
+            self.config.metrics.handshake_failed("invalid-token")
             self._fail(POLICY_VIOLATION, "invalid token")
             return
         self._authenticated = True
         self.identity = token.identity
         self._permissions = frozenset(token.permissions)
         self._write_message(encode_ack(True))
+        self.config.metrics.session_started()
         log.info(
             "session of {identity} from {peer} started",
             identity=self.identity,
@@ -352,6 +358,7 @@ class SessionFactory(WebSocketServerFactory):
         self.reactor = reactor
         use_reactor_timers(self, reactor)
         self.sessions: set[SessionProtocol] = set()
+        config.metrics.watch_sessions(self.sessions)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
