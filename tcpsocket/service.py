@@ -80,6 +80,8 @@ def check_address(host: str, port: int) -> tuple[str, str | None]:
 
 
 class _SocketFactory(Factory):
+    noisy = False  # no "Starting factory" log line per socket
+
     def __init__(self, config: ServerConfig, owner: SocketOwner, clock: Any) -> None:
         self._args = (config, owner, clock)
 

@@ -249,6 +249,13 @@ def _check_strport(option: str, description: str) -> None:
             f"--{option} {description!r}: TLS needs the tls extra "
             f"(pip install 'tcpsocket[tls]'): {e}"
         ) from None
+    except (IndexError, KeyError):
+        if not description.startswith("systemd:"):
+            raise usage.UsageError(f"--{option} {description!r}: invalid description") from None
+        raise usage.UsageError(
+            f"--{option} {description!r}: no such socket was passed (systemd socket activation "
+            "passes them in LISTEN_FDS and LISTEN_FDNAMES)"
+        ) from None
     except Exception as e:
         raise usage.UsageError(f"--{option} {description!r}: {e or type(e).__name__}") from None
 

@@ -203,7 +203,7 @@ window.T = (() => {
 
 OUTPUT_HAS = "(text) => document.querySelector('#output').textContent.includes(text)"
 
-# The seed's snippet (shared/seed/TcpSocketManager.md), verbatim.
+# The seed's snippet (the seed documentation of TcpSocketManager), verbatim.
 SEED_SNIPPET = """
 const session = new lib_session.Session();
 const sessionstate = {};
