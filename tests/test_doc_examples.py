@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import runpy
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ from twisted.web.server import Site
 
 from tcpsocket.tap import Options
 from tcpsocket.tokens import load_tokens_file
-from tests.support import TOKEN, LineEcho, RemoteFactory, start_daemon
+from tests.support import TOKEN, LineEcho, RemoteFactory, start_daemon, temp_dir
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "doc" / "examples"
+TWISTD_CMD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "doc").glob("*.md"))]
 #: Fenced blocks in these languages must be files; others (text, log lines, tables) need not.
 CODE_LANGUAGES = {"python", "py", "sh", "bash", "shell", "html", "js", "javascript", "toml", "json"}
@@ -88,6 +90,46 @@ class DocsPrintFilesTests(SynchronousTestCase):
         self.assertEqual(install, ".venv/bin/pip install .")
         self.assertIn(".venv/bin/pip install", script)
         self.assertEqual(run, "WS_RUNTIME_TOKEN=secrettoken .venv/bin/twistd -n tcpsocket")
+
+
+POLL_HEALTH = """
+import sys, time, urllib.request
+for _ in range(300):
+    try:
+        print(urllib.request.urlopen("http://127.0.0.1:8081/healthz", timeout=1).read().decode())
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("the daemon did not answer on 127.0.0.1:8081")
+"""
+
+
+class QuickstartTests(TestCase):
+    async def test_quickstart_daemon_serves_on_8081(self) -> None:
+        """README's first command, past the install: its daemon, as written, in a network
+        namespace of its own (so port 8081 is free), with this checkout's twistd."""
+        run = (EXAMPLES / "quickstart.sh").read_text().strip().split(" && ")[-1]
+        env_part, twistd, *args = run.split()
+        self.assertEqual((env_part, twistd), ("WS_RUNTIME_TOKEN=secrettoken", ".venv/bin/twistd"))
+        twistd_cmd = " ".join(shlex.quote(a) for a in TWISTD_CMD)
+        script = (
+            "ip link set lo up && "
+            f"{{ {env_part} {twistd_cmd} {' '.join(args)} > daemon.log 2>&1 & }} && "
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(POLL_HEALTH)}; status=$?; "
+            "kill %1; wait; cat daemon.log; ls; exit $status"
+        )
+        cwd = temp_dir(self)
+        out, err, code = await getProcessOutputAndValue(
+            "/usr/bin/unshare",
+            ["-n", "/bin/bash", "-c", script],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            path=str(cwd),
+        )
+        output = (out + err).decode()
+        self.assertEqual(code, 0, output)
+        self.assertTrue(output.startswith("ok\n"), output)
+        self.assertIn("TcpSocketSite starting on 8081", output)
+        self.assertNotIn("twistd.pid", output)
 
 
 def mapped(ports: dict[tuple[str, int], int]) -> Any:
