@@ -215,6 +215,11 @@ class TwistdTests(TestCase):
             "--max-send-buffer",
             "--session-buffer",
             "--allow",
+            "--config",
+            "--json-logs",
+            "--metrics-listen",
+            "--metrics-token",
+            "--version",
             "WS_RUNTIME_TOKEN",
         ):
             self.assertIn(option, text)
