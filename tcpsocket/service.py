@@ -39,6 +39,7 @@ class SessionLink(TypingProtocol):
     """What a service needs from the session that created it."""
 
     identity: str
+    session_id: int
     sockets_in_use: int
 
     @property
@@ -248,6 +249,7 @@ class TcpSocketManagerService(SocketOwner):
                 identity=session.identity,
                 host=host,
                 port=port,
+                session=session.session_id,
             )
             self._respond(0, request_id, encode_open_success(socket.socket_id))
 

@@ -7,6 +7,7 @@ is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,8 @@ class SessionProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.identity = ""
+        #: Numbers the factory's sessions from 1; the ``session`` field of their log events.
+        self.session_id = 0
         self.sockets_in_use = 0
         self.services: dict[int, TcpSocketManagerService] = {}
         self._permissions: frozenset[str] = frozenset()
@@ -139,9 +142,15 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = request.peer
+        self.session_id = next(self.factory.session_ids)
         self._origin = request.origin
         if len(self.factory.sessions) >= self.config.max_sessions:
-            log.warn("refused session from {peer}: too many sessions", peer=request.peer)
+            log.warn(
+                "refused session from {peer}: too many sessions",
+                peer=request.peer,
+                session=self.session_id,
+                reason="too many sessions",
+            )
             self.config.metrics.session_refused("capacity")
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
         self.factory.sessions.add(self)
@@ -181,7 +190,11 @@ class SessionProtocol(WebSocketServerProtocol):
                 self.config.metrics.handshake_failed("malformed")
             self._fail(PROTOCOL_ERROR, f"malformed message: {e}")
         except Exception:
-            log.failure("internal error in session from {peer}", peer=self._peer_name)
+            log.failure(
+                "internal error in session from {peer}",
+                peer=self._peer_name,
+                session=self.session_id,
+            )
             self._fail(INTERNAL_ERROR, "internal error")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -206,6 +219,7 @@ class SessionProtocol(WebSocketServerProtocol):
                     "session of {identity} from {peer} ended ({how})",
                     identity=self.identity,
                     peer=self._peer_name,
+                    session=self.session_id,
                     how=f"code {code}" + (f": {reason}" if reason else "")
                     if code is not None
                     else "no close code",
@@ -249,7 +263,12 @@ class SessionProtocol(WebSocketServerProtocol):
             transport.write(frame + head)
 
     def _fail(self, code: int, reason: str) -> None:
-        log.warn("closing session from {peer}: {reason}", peer=self._peer_name, reason=reason)
+        log.warn(
+            "closing session from {peer}: {reason}",
+            peer=self._peer_name,
+            reason=reason,
+            session=self.session_id,
+        )
         self.end(code, reason)
 
     def _handshake_timed_out(self) -> None:
@@ -276,6 +295,7 @@ class SessionProtocol(WebSocketServerProtocol):
             "session of {identity} from {peer} started",
             identity=self.identity,
             peer=self._peer_name,
+            session=self.session_id,
         )
 
     def _dispatch(self, payload: bytes) -> None:
@@ -358,6 +378,7 @@ class SessionFactory(WebSocketServerFactory):
         self.reactor = reactor
         use_reactor_timers(self, reactor)
         self.sessions: set[SessionProtocol] = set()
+        self.session_ids = itertools.count(1)
         config.metrics.watch_sessions(self.sessions)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,

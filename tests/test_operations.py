@@ -321,10 +321,11 @@ class TwistdProcessTests(TestCase):
         started = [r for r in records if r["event"] == "session of {identity} from {peer} started"]
         self.assertEqual(len(started), 1, records)
         self.assertEqual(started[0]["identity"], "desktop")
+        self.assertEqual(started[0]["session"], 1)
         self.assertEqual(started[0]["level"], "info")
         self.assertTrue(started[0]["peer"].startswith("unix"))
         ended = [r for r in records if "ended" in r["message"]]
-        self.assertEqual(ended[0]["identity"], "desktop")
+        self.assertEqual((ended[0]["identity"], ended[0]["session"]), ("desktop", 1))
         self.assertIn("code 1000: done", ended[0]["how"])
 
 
