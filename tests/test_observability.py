@@ -22,6 +22,7 @@ from tests.support import (
     TOKEN,
     Echo,
     listen_remote,
+    raw_client,
     start_daemon,
     temp_dir,
     test_config,
@@ -119,14 +120,24 @@ class MetricsTests(TestCase):
         await session.close()
 
     async def test_capacity_and_timeout_refusals(self) -> None:
-        _, port = await start_daemon(self, max_sessions=1, handshake_timeout=0.2)
+        site, port = await start_daemon(self, max_sessions=1, handshake_timeout=0.2)
         url = f"ws://127.0.0.1:{port}/ws"
         session = await Session.connect(url, TOKEN)
         with self.assertRaises(Exception):  # noqa: B017 - the HTTP 503 of the upgrade
             await Session.connect(url, TOKEN)
         await session.close()
+        await wait_until(lambda: not site.session_factory.sessions)
+        silent = await raw_client(self, port)  # sends no token: times out
+        self.assertEqual((await silent.closed)[0], 1008)
+        garbled = await raw_client(self, port)
+        garbled.send(b"\xff")  # not a SessionHandshake
+        self.assertEqual((await garbled.closed)[0], 1002)
         scraped = await self.scrape(port)
         self.assertEqual(value(scraped, "tcpsocket_sessions_refused_total", reason="capacity"), 1)
+        for reason in ("timeout", "malformed"):
+            self.assertEqual(value(scraped, "tcpsocket_sessions_refused_total", reason=reason), 1)
+            self.assertEqual(value(scraped, "tcpsocket_handshake_failures_total", reason=reason), 1)
+        self.assertEqual(value(scraped, "tcpsocket_sessions_total"), 1)
 
     async def test_daemons_keep_apart(self) -> None:
         _, first = await start_daemon(self)
