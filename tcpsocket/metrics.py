@@ -47,7 +47,7 @@ def failure_reason(failure: Failure) -> str:
     """The ``tcpsocket_sockets_failed_total`` reason for a failed connection attempt."""
     if failure.check(error.ConnectionRefusedError):
         return "refused"
-    if failure.check(error.TimeoutError, defer.TimeoutError):
+    if failure.check(error.TimeoutError, error.TCPTimedOutError, defer.TimeoutError):
         return "timeout"
     if failure.check(error.DNSLookupError):
         return "dns"

@@ -251,3 +251,44 @@ class _UnixEndpoints:
 
     def endpointForURI(self, uri: Any) -> UNIXClientEndpoint:
         return UNIXClientEndpoint(reactor, self.path)
+
+
+class FailureReasonTests(SynchronousTestCase):
+    def test_connect_failures_by_kind(self) -> None:
+        from twisted.internet import defer, error
+        from twisted.python.failure import Failure
+
+        from tcpsocket.metrics import SOCKET_FAILURES, failure_reason
+
+        for exception, reason in (
+            (error.ConnectionRefusedError(), "refused"),
+            (error.TCPTimedOutError(), "timeout"),
+            (defer.TimeoutError(), "timeout"),
+            (error.DNSLookupError(), "dns"),
+            (defer.CancelledError(), "released"),
+            (error.NoRouteError(), "unreachable"),
+            (ValueError(), "error"),
+        ):
+            self.assertEqual(failure_reason(Failure(exception)), reason, exception)
+            self.assertIn(reason, SOCKET_FAILURES)
+
+
+class PolicyFailureTests(TestCase):
+    async def test_denied_and_limit(self) -> None:
+        from tcpsocket.policy import AllowList
+
+        _, echo_port = await listen_remote(self, Echo)
+        _, port = await start_daemon(
+            self, policy=AllowList([f"127.0.0.1:{echo_port}"]), max_sockets_per_session=1
+        )
+        session = await Session.connect(f"ws://127.0.0.1:{port}/ws", TOKEN)
+        manager = await TcpSocketManager.get(session)
+        await manager.open(host="127.0.0.1", port=echo_port)
+        with self.assertRaises(TcpSocketError):
+            await manager.open(host="127.0.0.1", port=echo_port)  # over the limit
+        with self.assertRaises(TcpSocketError):
+            await manager.open(host="127.0.0.1", port=1)  # not allowed
+        scraped = await MetricsTests.scrape(self, port)  # type: ignore[arg-type]
+        self.assertEqual(value(scraped, "tcpsocket_sockets_failed_total", reason="limit"), 1)
+        self.assertEqual(value(scraped, "tcpsocket_sockets_failed_total", reason="denied"), 1)
+        await session.close()
