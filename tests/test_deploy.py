@@ -84,10 +84,14 @@ class SystemdTests(TestCase):
         self.assertTrue(records, daemon.output.decode())  # --json-logs, for the journal
 
 
-def spawn_process(test: Any, argv: list[str], cwd: Path) -> Any:
-    """Run ``argv`` (a daemon), collecting its output; stopped at cleanup."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("WS_RUNTIME_TOKEN", None)
+def spawn_process(test: Any, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    """Run ``argv`` (a daemon), collecting its output; stopped at cleanup.
+
+    Its environment is ``env``, or this one with this checkout first on the path and no token.
+    """
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("WS_RUNTIME_TOKEN", None)
     from tests.test_operations import _Collect
 
     collect = _Collect()

@@ -10,22 +10,26 @@ import os
 import re
 import runpy
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tcpsocket.tap import Options
 from tcpsocket.tokens import load_tokens_file
-from tests.support import TOKEN, LineEcho, RemoteFactory, start_daemon, temp_dir
+from tests.support import TOKEN, LineEcho, RemoteFactory, start_daemon, temp_dir, wait_until
+from tests.test_deploy import spawn_process
+from tests.test_web import read_body
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "doc" / "examples"
@@ -81,15 +85,15 @@ class DocsPrintFilesTests(SynchronousTestCase):
         self.assertEqual(command, "bash scripts/test")
         self.assertIn(f"exec {command}\n", (ROOT / ".ci" / "run").read_text())
 
-    def test_quickstart_installs_as_the_test_script_does(self) -> None:
+    def test_scripts_share_the_venv(self) -> None:
         command = (EXAMPLES / "quickstart.sh").read_text().strip()
-        venv, install, run = command.split(" && ")
-        script = (ROOT / "scripts" / "test").read_text()
-        self.assertEqual(venv, "python3 -m venv .venv")
-        self.assertIn(f"|| {venv}\n", script)
-        self.assertEqual(install, ".venv/bin/pip install .")
-        self.assertIn(".venv/bin/pip install", script)
-        self.assertEqual(run, "WS_RUNTIME_TOKEN=secrettoken .venv/bin/twistd -n tcpsocket")
+        self.assertEqual(command, "WS_RUNTIME_TOKEN=secrettoken bash scripts/serve")
+        serve = (ROOT / "scripts" / "serve").read_text()
+        test = (ROOT / "scripts" / "test").read_text()
+        self.assertIn(". scripts/venv\nvenv_install .\n", serve)
+        self.assertIn('exec .venv/bin/twistd -n tcpsocket "$@"\n', serve)
+        self.assertIn(". scripts/venv\n", test)
+        self.assertIn("venv_install '.[test]'\n", test)
 
 
 POLL_HEALTH = """
@@ -105,16 +109,40 @@ sys.exit("the daemon did not answer on 127.0.0.1:8081")
 
 
 class QuickstartTests(TestCase):
-    async def test_quickstart_daemon_serves_on_8081(self) -> None:
-        """README's first command, past the install: its daemon, as written, in a network
-        namespace of its own (so port 8081 is free), with this checkout's twistd."""
-        run = (EXAMPLES / "quickstart.sh").read_text().strip().split(" && ")[-1]
-        env_part, twistd, *args = run.split()
-        self.assertEqual((env_part, twistd), ("WS_RUNTIME_TOKEN=secrettoken", ".venv/bin/twistd"))
+    timeout = 900
+
+    async def test_serve_installs_and_runs(self) -> None:
+        """README's first command, in a copy of this checkout, with its own fresh .venv; the
+        one addition is a --listen on a UNIX socket, as tests cannot count on port 8081."""
+        copy = temp_dir(self) / "checkout"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(*_NOT_COPIED))
+        path = str(copy / "t.sock")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env["PATH"] = ":".join(p for p in env["PATH"].split(":") if "/.venv/" not in p)
+        command = (EXAMPLES / "quickstart.sh").read_text().strip()
+        daemon = spawn_process(
+            self, ["/bin/bash", "-c", f"{command} --listen unix:{path}"], copy, env
+        )
+        await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=600)
+        self.assertFalse(daemon.ended.called, daemon.output.decode())
+        agent = Agent.usingEndpointFactory(reactor, _Unix(path))
+        response = await agent.request(b"GET", b"http://localhost/healthz")
+        self.assertEqual((response.code, await read_body(response)), (200, b"ok\n"))
+        self.assertTrue((copy / ".venv" / "bin" / "twistd").exists())
+        self.assertFalse((copy / "twistd.pid").exists())
+
+    async def test_daemon_serves_on_8081(self) -> None:
+        """The command scripts/serve ends with, as written, in a network namespace of its own
+        (so port 8081 is free), with this checkout's twistd."""
+        serve = (ROOT / "scripts" / "serve").read_text().strip().splitlines()[-1]
+        twistd, *args = serve.split()[1:]
+        self.assertEqual(twistd, ".venv/bin/twistd")
+        args = [a for a in args if a != '"$@"']
         twistd_cmd = " ".join(shlex.quote(a) for a in TWISTD_CMD)
+        daemon = f"WS_RUNTIME_TOKEN=secrettoken {twistd_cmd} {' '.join(args)}"
         script = (
             "ip link set lo up && "
-            f"{{ {env_part} {twistd_cmd} {' '.join(args)} > daemon.log 2>&1 & }} && "
+            f"{{ {daemon} > daemon.log 2>&1 & }} && "
             f"{shlex.quote(sys.executable)} -c {shlex.quote(POLL_HEALTH)}; status=$?; "
             "kill %1; wait; cat daemon.log; ls; exit $status"
         )
@@ -130,6 +158,17 @@ class QuickstartTests(TestCase):
         self.assertTrue(output.startswith("ok\n"), output)
         self.assertIn("TcpSocketSite starting on 8081", output)
         self.assertNotIn("twistd.pid", output)
+
+
+_NOT_COPIED = (".venv", ".git", "__pycache__", "*.egg-info", "build", ".mypy_cache", ".ruff_cache")
+
+
+class _Unix:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def endpointForURI(self, uri: Any) -> Any:
+        return UNIXClientEndpoint(reactor, self.path)
 
 
 def mapped(ports: dict[tuple[str, int], int]) -> Any:

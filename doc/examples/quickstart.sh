@@ -1,1 +1,1 @@
-python3 -m venv .venv && .venv/bin/pip install . && WS_RUNTIME_TOKEN=secrettoken .venv/bin/twistd -n tcpsocket
+WS_RUNTIME_TOKEN=secrettoken bash scripts/serve
