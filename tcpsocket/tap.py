@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -220,7 +221,7 @@ class Options(usage.Options):
                 raise usage.UsageError(_NO_TOKEN)
             self["config"] = ServerConfig(tokens=tokens, **config_values)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(self._option_names(str(e))) from None
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for option in ("listen", "metrics-listen"):
@@ -229,6 +230,13 @@ class Options(usage.Options):
                 _check_strport(option, description)
         if self.parent is not None:
             self._adjust_twistd(self.parent)
+
+    def _option_names(self, message: str) -> str:
+        """``message`` naming options as ``--high-water-mark``, not ``high_water_mark``."""
+        for name in self.longOpt:
+            name = name.rstrip("=")
+            message = re.sub(rf"\b{name.replace('-', '_')}\b", f"--{name}", message)
+        return message
 
     def _adjust_twistd(self, twistd: usage.Options) -> None:
         """twistd's own options: no pid file in the foreground, and the JSON logger."""

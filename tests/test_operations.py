@@ -121,6 +121,10 @@ class OptionErrorTests(SynchronousTestCase):
             (("--connect-timeout", "-1"), "--connect-timeout: must be positive"),
             (("--high-water-mark", "x"), "--high-water-mark: 'x' is not a whole number"),
             (("--close-timeout", "soon"), "--close-timeout: 'soon' is not a number"),
+            (
+                ("--high-water-mark", "10", "--max-send-buffer", "5"),
+                "--max-send-buffer must not be below --high-water-mark",
+            ),
         ):
             with self.assertRaises(usage.UsageError) as caught:
                 parse("--token", "t", *args)
