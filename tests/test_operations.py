@@ -334,6 +334,26 @@ class TwistdProcessTests(TestCase):
 
 
 class JsonLineTests(SynchronousTestCase):
+    def test_twistd_log_file(self) -> None:
+        from twisted.logger import LogLevel
+
+        from tcpsocket import jsonlog
+
+        path = temp_dir(self) / "tcpsocket.log"
+        self.addCleanup(jsonlog.use_twistd_output, None, True)
+        jsonlog.use_twistd_output(str(path), False)
+        observer = jsonlog.twistd_observer()
+        observer(
+            {
+                "log_format": "hello {who}",
+                "log_level": LogLevel.info,
+                "log_namespace": "t",
+                "log_time": 0.0,
+                "who": "you",
+            }
+        )
+        self.assertEqual(json.loads(path.read_text())["message"], "hello you")
+
     def test_fields_and_failures(self) -> None:
         from twisted.logger import LogLevel
 
