@@ -160,7 +160,7 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse ``--config FILE``, then the command line, which overrides it.
 
-        Under ``twistd`` (with a parent), a usage error is one line on stderr and exit code 2,
+        Under ``twistd`` (with a parent), a usage error is one line on stderr and exit code 1,
         not twistd's whole usage text.
         """
         argv = sys.argv[1:] if options is None else list(options)
@@ -219,6 +219,7 @@ class Options(usage.Options):
                 config_values["policy"] = AllowList(self["allow"])
             if not len(tokens):
                 raise usage.UsageError(_NO_TOKEN)
+            # The --config file was read before parsing; "config" now holds the result.
             self["config"] = ServerConfig(tokens=tokens, **config_values)
         except ValueError as e:
             raise usage.UsageError(self._option_names(str(e))) from None
