@@ -307,6 +307,28 @@ class TwistdProcessTests(TestCase):
         self.assertEqual((cwd / "run.pid").read_text().strip(), str(daemon.process.pid))  # type: ignore[attr-defined]
         await self.stop(daemon)
 
+    async def test_config_file(self) -> None:
+        cwd = temp_dir(self)
+        path = str(cwd / "from-file.sock")
+        (cwd / "tcpsocket.toml").write_text(
+            f'listen = ["unix:{path}"]\ntoken = ["from-the-file"]\njson-logs = true\n'
+        )
+        env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
+        args = ["-n", "tcpsocket", "--config", "tcpsocket.toml"]
+        daemon = spawn_twistd(self, args, cwd, env)
+        await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
+        self.assertFalse(daemon.ended.called, daemon.output.decode())
+        client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
+        client.send(encode_handshake("from-the-file"))
+        self.assertEqual(await client.next(), b"\x01")
+        client.sendClose(1000, "done")
+        await client.closed
+        await wait_until(lambda: b"ended" in daemon.output, timeout=30)
+        await self.stop(daemon)
+        lines = daemon.output.decode().splitlines()
+        started = [json.loads(line) for line in lines if "started" in line]
+        self.assertEqual(started[0]["identity"], "command-line")
+
     async def test_json_logs(self) -> None:
         cwd = temp_dir(self)
         daemon, path = await self.start(cwd, "--json-logs")
