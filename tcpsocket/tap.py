@@ -270,26 +270,42 @@ def _check_strport(option: str, description: str) -> None:
 
 
 class _DaemonService(TcpSocketService):
-    """The daemon under twistd: a port it cannot listen on ends it with one line."""
+    """The daemon under twistd: a port it cannot listen on ends it with one line.
+
+    In the foreground that line goes to stderr. A daemonizing twistd reports only exceptions
+    to the process that started it (and waits forever after a plain exit), so there the line
+    is an exception's message, which twistd prints as "An error has occurred: ...".
+    """
+
+    foreground = True
 
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            sys.exit(f"twistd tcpsocket: {e}")
+            self._cannot_listen(e)
 
     def startService(self) -> None:
         try:
             super().startService()
         except CannotListenError as e:
-            sys.exit(f"twistd tcpsocket: {e}")
+            self._cannot_listen(e)
+
+    def _cannot_listen(self, error: CannotListenError) -> None:
+        message = f"twistd tcpsocket: {error}"
+        if self.foreground:
+            sys.exit(message)
+        raise RuntimeError(message) from None
 
 
 def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options."""
-    return _DaemonService(
+    service = _DaemonService(
         options["config"],
         options["listen"],
         metrics_listen=options["metrics-listen"],
         metrics_token=options["metrics-token"],
     )
+    twistd = options.parent
+    service.foreground = twistd is None or bool(twistd.get("nodaemon"))
+    return service

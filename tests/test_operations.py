@@ -250,6 +250,26 @@ class TwistdErrorTests(TestCase):
         self.assertIn(f"Couldn't listen on 127.0.0.1:{port}", output)
         self.assertEqual(output.count("Address already in use"), 1, output)
 
+    async def test_port_in_use_when_daemonizing(self) -> None:
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cwd = temp_dir(self)
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        output, code = await run_twistd(
+            f"--pidfile={cwd}/t.pid",
+            f"--logfile={cwd}/t.log",
+            "tcpsocket",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            env=env,
+        )
+        self.assertEqual(code, 1, output)
+        self.assertIn(f"Couldn't listen on 127.0.0.1:{port}", output)
+        self.assertNotIn("Traceback", output)
+
     async def test_version(self) -> None:
         output, code = await run_twistd("tcpsocket", "--version")
         self.assertEqual(code, 0)
