@@ -250,6 +250,8 @@ class RemoteSocket(Protocol):
             sent=self.bytes_sent,
             received=self.bytes_received,
             why=f" ({self._error})" if self._error else "",
+            reason=self._error,
+            remote=self._peer(),
         )
         self._pump()
 

@@ -250,6 +250,7 @@ class TcpSocketManagerService(SocketOwner):
                 host=host,
                 port=port,
                 session=session.session_id,
+                remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             )
             self._respond(0, request_id, encode_open_success(socket.socket_id))
 

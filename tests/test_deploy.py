@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shlex
@@ -79,9 +80,18 @@ class SystemdTests(TestCase):
         daemon = spawn_process(self, [*activate, *TWISTD, *args], directory)
         session = await connect_when_up(f"ws://127.0.0.1:{port}/ws", daemon)
         await echo_round_trip(self, session)
-        await wait_until(lambda: b"session of systemd" in daemon.output, timeout=30)
-        records = [line for line in daemon.output.decode().splitlines() if line.startswith("{")]
-        self.assertTrue(records, daemon.output.decode())  # --json-logs, for the journal
+        await wait_until(lambda: b"closed after" in daemon.output, timeout=30)
+        records = [
+            json.loads(line) for line in daemon.output.decode().splitlines() if line.startswith("{")
+        ]  # --json-logs, for the journal
+        opened = [r for r in records if r["namespace"] == "tcpsocket.service"]
+        closed = [r for r in records if r["namespace"] == "tcpsocket.remote"]
+        self.assertEqual(opened[0]["identity"], "systemd")
+        self.assertEqual(opened[0]["session"], 1)
+        self.assertEqual(opened[0]["remote"], closed[0]["remote"])
+        self.assertTrue(closed[0]["remote"].startswith("127.0.0.1:"))
+        self.assertEqual((closed[0]["sent"], closed[0]["received"]), (22, 22))
+        self.assertIsNone(closed[0]["reason"])
 
 
 def spawn_process(test: Any, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
