@@ -1,14 +1,22 @@
 """tcpsocket: raw TCP client sockets for web and Python apps over a session WebSocket."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "tcpsocket" / "_version.py").read_text(encoding="utf-8")
+)
+assert VERSION is not None
+
 setup(
     name="tcpsocket",
-    version="0.1.0",
+    version=VERSION.group(1),
+    license="MIT",
     description=__doc__,
-    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tcpsocket", "tcpsocket.*"]) + ["twisted.plugins"],
@@ -16,7 +24,12 @@ setup(
         "tcpsocket": ["py.typed", "static/*", "static/*/*"],
         "twisted": ["plugins/tcpsocket_plugin.py"],
     },
-    install_requires=["twisted>=24.7", "autobahn>=24.4"],
+    install_requires=[
+        "twisted>=24.7",
+        "autobahn>=24.4",
+        "prometheus_client>=0.17",
+        "tomli>=2; python_version<'3.11'",
+    ],
     extras_require={
         "tls": ["twisted[tls]"],
         "test": [
@@ -34,6 +47,7 @@ setup(
     },
     classifiers=[
         "Framework :: Twisted",
+        "License :: OSI Approved :: MIT License",
         "Programming Language :: Python :: 3",
         "Programming Language :: JavaScript",
         "Topic :: Internet",

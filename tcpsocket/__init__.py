@@ -13,14 +13,13 @@ The Python client is :mod:`tcpsocket.client`.
 
 from __future__ import annotations
 
+from tcpsocket._version import __version__
 from tcpsocket.config import ServerConfig
 from tcpsocket.policy import AllowAll, AllowList, DestinationPolicy, Rule
 from tcpsocket.session import SessionFactory
 from tcpsocket.site import TcpSocketService, TcpSocketSite, build_site
 from tcpsocket.tokens import Token, TokenStore
 from tcpsocket.web import ApiV1Resource, DemoResource
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AllowAll",
@@ -35,5 +34,6 @@ __all__ = [
     "TcpSocketSite",
     "Token",
     "TokenStore",
+    "__version__",
     "build_site",
 ]

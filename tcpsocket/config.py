@@ -11,6 +11,7 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
 
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
+from tcpsocket.metrics import Metrics
 from tcpsocket.policy import DestinationPolicy
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
@@ -66,6 +67,8 @@ class ServerConfig:
     max_lookups: int = 32
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
     connect: RemoteConnector = remote_endpoint
+    #: Counters of this daemon, served at ``/metrics`` (each config gets its own).
+    metrics: Metrics = field(default_factory=Metrics, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "handshake_timeout", "close_timeout"):

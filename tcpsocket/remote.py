@@ -221,6 +221,7 @@ class RemoteSocket(Protocol):
         self._state = _State.OPEN
         if self._connections is not None:
             self._connections.add(self)
+        self.config.metrics.socket_connected(self)
         transport: Any = self.transport
         # The transport's buffer size is both where it pauses us as a producer
         # and how much it reads at once.
@@ -255,6 +256,7 @@ class RemoteSocket(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._state = _State.CLOSED
+        self.config.metrics.socket_closed(self)
         self._cancel_close_timer()
         if self.closed_by is None:
             self.closed_by = "the remote"
@@ -283,6 +285,8 @@ class RemoteSocket(Protocol):
             why=f" ({self._error})" if self._error else "",
             lost=f"; {unsent} accepted bytes were NOT delivered" if unsent else "",
             undelivered=unsent,
+            reason=self._error,
+            remote=self._peer(),
         )
         if self._connections is not None:
             self._connections.discard(self, unsent)

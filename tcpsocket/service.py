@@ -46,6 +46,7 @@ class SessionLink(TypingProtocol):
     """What a service needs from the session that created it."""
 
     identity: str
+    session_id: int
     sockets_in_use: int
 
     @property
@@ -180,6 +181,11 @@ class TcpSocketManagerService(SocketOwner):
     def stop_waiting(self, socket: RemoteSocket) -> None:
         self.session.stop_waiting(socket)
 
+    @property
+    def connecting(self) -> frozenset[Deferred[Any]]:
+        """The ``open()`` requests still connecting (name lookup or TCP connect)."""
+        return frozenset(self._connecting)
+
     # -- requests ------------------------------------------------------------
 
     def handle(self, object_id: int, request_id: int, request: SocketRequest) -> None:
@@ -297,15 +303,18 @@ class TcpSocketManagerService(SocketOwner):
             except ValueError as e:
                 invalid = str(e)
         if invalid is not None:
+            config.metrics.socket_failed("invalid")
             return fail(invalid)
         denied = config.policy.check(session.identity, host, port)
         if denied is not None:
             return self._deny(fail, host, port, denied)
         if session.sockets_in_use >= config.max_sockets_per_session:
             limit = config.max_sockets_per_session
+            config.metrics.socket_failed("limit")
             return fail(f"too many sockets in this session (limit {limit})")
         refused = session.budgets.sockets_refusal()
         if refused is not None:
+            config.metrics.socket_failed("limit")
             return fail(refused)
         session.sockets_in_use += 1
         session.budgets.sockets += 1
@@ -329,6 +338,8 @@ class TcpSocketManagerService(SocketOwner):
                 identity=session.identity,
                 host=host,
                 port=port,
+                session=session.session_id,
+                remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             )
             self._respond(0, request_id, encode_open_success(socket.socket_id))
 
@@ -340,11 +351,14 @@ class TcpSocketManagerService(SocketOwner):
                 return self._deny(fail, host, port, str(reason.value))
             if reason.check(_Refused):
                 why = detail = str(reason.value)
+                config.metrics.socket_failed("limit")
             else:
                 why = "the service was released" if self._stopped else describe_failure(reason)
                 detail = f"{why} ({host} port {port})"
+                config.metrics.socket_failed("released" if self._stopped else reason)
             log.warn(
                 "open of {identity} to {host} port {port} failed: {why}",
+                session=session.session_id,
                 identity=session.identity,
                 host=host,
                 port=port,
@@ -355,8 +369,10 @@ class TcpSocketManagerService(SocketOwner):
         connecting.addCallbacks(connected, failed)
 
     def _deny(self, fail: Callable[[str], None], host: str, port: int, reason: str) -> None:
+        self.session.config.metrics.socket_failed("denied")
         log.warn(
             "{identity} denied {host} port {port}: {reason}",
+            session=self.session.session_id,
             identity=self.session.identity,
             host=host,
             port=port,

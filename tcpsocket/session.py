@@ -7,6 +7,7 @@ is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -77,6 +78,8 @@ class SessionProtocol(WebSocketServerProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.identity = ""
+        #: Numbers the factory's sessions from 1; the ``session`` field of their log events.
+        self.session_id = 0
         self.sockets_in_use = 0
         self.services: dict[int, TcpSocketManagerService] = {}
         self._permissions: frozenset[str] = frozenset()
@@ -140,11 +143,18 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = request.peer
+        self.session_id = next(self.factory.session_ids)
         self._origin = request.origin
         if self.factory.stopping:
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "daemon stopping")
         if len(self.factory.sessions) >= self.factory.budgets.max_sessions:
-            log.warn("refused session from {peer}: too many sessions", peer=request.peer)
+            log.warn(
+                "refused session from {peer}: too many sessions",
+                peer=request.peer,
+                session=self.session_id,
+                reason="too many sessions",
+            )
+            self.config.metrics.session_refused("capacity")
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
         self.factory.sessions.add(self)
 
@@ -179,9 +189,15 @@ class SessionProtocol(WebSocketServerProtocol):
             else:
                 self._handshake(payload)
         except DecodeError as e:
+            if not self._authenticated:
+                self.config.metrics.handshake_failed("malformed")
             self._fail(PROTOCOL_ERROR, f"malformed message: {e}")
         except Exception:
-            log.failure("internal error in session from {peer}", peer=self._peer_name)
+            log.failure(
+                "internal error in session from {peer}",
+                peer=self._peer_name,
+                session=self.session_id,
+            )
             self._fail(INTERNAL_ERROR, "internal error")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -207,6 +223,7 @@ class SessionProtocol(WebSocketServerProtocol):
                     "session of {identity} from {peer} ended ({how})",
                     identity=self.identity,
                     peer=self._peer_name,
+                    session=self.session_id,
                     how=self._how_it_ended(wasClean, code, reason),
                     close_code=self.localCloseCode if self.closedByMe else self.remoteCloseCode,
                     closed_by=ender if wasClean or self.closedByMe else "the network",
@@ -286,11 +303,17 @@ class SessionProtocol(WebSocketServerProtocol):
             transport.write(frame + head)
 
     def _fail(self, code: int, reason: str) -> None:
-        log.warn("closing session from {peer}: {reason}", peer=self._peer_name, reason=reason)
+        log.warn(
+            "closing session from {peer}: {reason}",
+            peer=self._peer_name,
+            reason=reason,
+            session=self.session_id,
+        )
         self.end(code, reason)
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
+        self.config.metrics.handshake_failed("timeout")
         self._fail(POLICY_VIOLATION, "no session handshake in time")
 
     def _handshake(self, payload: bytes) -> None:
@@ -300,16 +323,19 @@ class SessionProtocol(WebSocketServerProtocol):
         token = self.config.tokens.authenticate(decode_handshake(payload), self._origin)
         if token is None:
             self._write_message(encode_ack(False))
+            self.config.metrics.handshake_failed("invalid-token")
             self._fail(POLICY_VIOLATION, "invalid token")
             return
         self._authenticated = True
         self.identity = token.identity
         self._permissions = frozenset(token.permissions)
         self._write_message(encode_ack(True))
+        self.config.metrics.session_started()
         log.info(
             "session of {identity} from {peer} started",
             identity=self.identity,
             peer=self._peer_name,
+            session=self.session_id,
         )
 
     def _dispatch(self, payload: bytes) -> None:
@@ -410,6 +436,8 @@ class SessionFactory(WebSocketServerFactory):
         #: Set when the daemon stops: new sessions are refused.
         self.stopping = False
         self.trimmer = HeapTrimmer(reactor)
+        self.session_ids = itertools.count(1)
+        config.metrics.watch_sessions(self.sessions)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,

@@ -22,11 +22,21 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
+from tcpsocket.observability import Access, observability_children
 from tcpsocket.reload import apply_reload
 from tcpsocket.session import SessionFactory
 from tcpsocket.web import ApiV1Resource, DemoResource
 
-__all__ = ["TcpSocketService", "TcpSocketSite", "build_root", "build_site"]
+__all__ = [
+    "TcpSocketService",
+    "TcpSocketSite",
+    "build_observability_site",
+    "build_root",
+    "build_site",
+]
+
+#: ``/metrics`` and ``/healthz`` for loopback clients only: the default.
+LOCAL_ONLY = Access()
 
 log = Logger()
 
@@ -34,25 +44,33 @@ log = Logger()
 GOING_AWAY = 1001
 
 
-def build_root(sessions: SessionFactory) -> Resource:
-    """The resource tree: the demo page at ``/``, ``/ws`` and ``/api/v1/``."""
+def build_root(sessions: SessionFactory, observability: Access | None = LOCAL_ONLY) -> Resource:
+    """The resource tree: the demo page at ``/``, ``/ws`` and ``/api/v1/``.
+
+    With ``observability``, also ``/metrics`` and ``/healthz``, readable as it says.
+    """
     root = DemoResource()
     root.putChild(b"ws", sessions.websocket_resource())
     api = Resource()
     api.putChild(b"v1", ApiV1Resource())
     root.putChild(b"api", api)
+    if observability is not None:
+        for name, child in observability_children(sessions.config.metrics, observability).items():
+            root.putChild(name, child)
     return root
 
 
 class TcpSocketSite(Site):
     """A ``Site`` serving the daemon; :attr:`session_factory` knows the live sessions."""
 
-    def __init__(self, config: ServerConfig, reactor: Any = None) -> None:
+    def __init__(
+        self, config: ServerConfig, reactor: Any = None, observability: Access | None = LOCAL_ONLY
+    ) -> None:
         self.session_factory = SessionFactory(config, reactor)
         # An HTTP connection that says nothing for the handshake timeout is
         # closed (a WebSocket session is not idle HTTP: it is unaffected).
         super().__init__(
-            build_root(self.session_factory),
+            build_root(self.session_factory, observability),
             timeout=config.handshake_timeout,
             reactor=self.session_factory.reactor,
         )
@@ -82,30 +100,54 @@ class _Announcing:
         return self._endpoint.listen(protocolFactory).addCallback(listening)
 
 
-def build_site(config: ServerConfig, reactor: Any = None) -> TcpSocketSite:
-    """A Site that serves everything on one port."""
-    return TcpSocketSite(config, reactor)
+def build_site(
+    config: ServerConfig, reactor: Any = None, observability: Access | None = LOCAL_ONLY
+) -> TcpSocketSite:
+    """A Site that serves everything on one port (``/metrics`` as ``observability`` says)."""
+    return TcpSocketSite(config, reactor, observability)
+
+
+def build_observability_site(config: ServerConfig, access: Access, reactor: Any = None) -> Site:
+    """A Site serving only ``/metrics`` and ``/healthz`` (``--metrics-listen``)."""
+    root = Resource()
+    for name, child in observability_children(config.metrics, access).items():
+        root.putChild(name, child)
+    return Site(root, timeout=config.handshake_timeout, reactor=reactor)
 
 
 class TcpSocketService(MultiService):
-    """The daemon as an ``IService``: listens on each strports description."""
+    """The daemon as an ``IService``: listens on each strports description.
+
+    ``/metrics`` and ``/healthz`` are served on those listeners to loopback clients, or with
+    ``metrics_token`` to clients sending it; with ``metrics_listen`` only on that strport.
+    """
 
     def __init__(
         self,
         config: ServerConfig,
         listen: Sequence[str] = (DEFAULT_LISTEN,),
         reactor: Any = None,
+        metrics_listen: str | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
-        self.site = build_site(config, reactor)
+        access = Access(metrics_token, local_only=metrics_listen is None)
+        self.site = build_site(config, reactor, None if metrics_listen else access)
         for description in listen:
-            endpoint = _Announcing(serverFromString(reactor, description), self.site)
-            service = StreamServerEndpointService(endpoint, self.site)
-            # As strports.service does: a port that cannot listen fails startService.
-            service._raiseSynchronously = True
-            service.setServiceParent(self)
+            self._listen(reactor, description, self.site)
+        if metrics_listen:
+            observability = build_observability_site(config, access, reactor)
+            self._listen(reactor, metrics_listen, observability)
+
+    def _listen(self, reactor: Any, description: str, factory: Site) -> None:
+        # Every listener is one of the daemon's own endpoints, which sessions may never open.
+        endpoint = _Announcing(serverFromString(reactor, description), self.site)
+        service = StreamServerEndpointService(endpoint, factory)
+        # As strports.service does: a port that cannot listen fails startService.
+        service._raiseSynchronously = True
+        service.setServiceParent(self)
 
     def reconfigure(self, fresh: ServerConfig) -> None:
         """Take ``fresh``'s tokens and destination rules in one step (:mod:`tcpsocket.reload`)."""

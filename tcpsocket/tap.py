@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from tcpsocket import jsonlog
+from tcpsocket._version import __version__
 from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
+from tcpsocket.configfile import apply_config_file, command_line_settings, name_coercions
 from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
@@ -27,15 +33,25 @@ _NO_TOKEN = (
 )
 
 
+#: twistd's default pid file, which ``-n`` drops (see :meth:`Options.postOptions`).
+_TWISTD_DEFAULT_PIDFILE = "twistd.pid"
+
+
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
         raise ValueError("must be positive")
     return number
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise ValueError("must be at least 1")
     return number
@@ -51,7 +67,31 @@ class Options(usage.Options):
         f"Tokens come from ${TOKEN_VARIABLE}, --token and --tokens-file; at least one is needed."
     )
 
+    optFlags = [
+        ["json-logs", None, "Log one JSON object per line (fields in doc/operators.md)."],
+    ]
+
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options: long names as keys (max-sessions = 2), lists for "
+            "repeatable options (listen = [...]); the command line overrides it.",
+        ],
+        [
+            "metrics-listen",
+            None,
+            None,
+            "Serve /metrics and /healthz only on this strport, to any client that reaches it "
+            "[default: on the daemon's listeners, to loopback clients only].",
+        ],
+        [
+            "metrics-token",
+            None,
+            None,
+            "Serve /metrics and /healthz to any client sending 'Authorization: Bearer <token>'.",
+        ],
         [
             "tokens-file",
             None,
@@ -151,6 +191,32 @@ class Options(usage.Options):
         self["listen"] = []
         self["token"] = []
         self["allow"] = []
+        name_coercions(self)
+
+    def opt_version(self) -> None:
+        """Print the version of tcpsocket (and of Twisted) and exit."""
+        from twisted.copyright import version
+
+        print(f"tcpsocket {__version__} (Twisted {version})")
+        sys.exit(0)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse ``--config FILE``, then the command line, which overrides it.
+
+        Under ``twistd`` (with a parent), a usage error is one line on stderr and exit code 1,
+        not twistd's whole usage text.  The arguments are kept for a reload (SIGHUP).
+        """
+        argv = sys.argv[1:] if options is None else list(options)
+        self.arguments = list(argv)
+        try:
+            given = command_line_settings(self, argv)
+            for path in given.get("config", []):
+                apply_config_file(self, path, skip=set(given))
+            super().parseOptions(argv)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            sys.exit(f"twistd tcpsocket: {e} (see twistd tcpsocket --help)")
 
     def opt_listen(self, description: str) -> None:
         """Strports to listen on, repeatable [default: tcp:8081:interface=127.0.0.1]."""
@@ -180,10 +246,6 @@ class Options(usage.Options):
             self["allow"].append(Rule.parse(text, allow=allow))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-
-    def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        self.arguments = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
 
     def postOptions(self) -> None:
         tokens = TokenStore()
@@ -226,11 +288,83 @@ class Options(usage.Options):
             )
             if not len(tokens):
                 raise usage.UsageError(_NO_TOKEN)
+            # The --config file was read before parsing; "config" now holds the result.
             self["config"] = ServerConfig(tokens=tokens, **config_values)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(self._option_names(str(e))) from None
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        for option in ("listen", "metrics-listen"):
+            values = self[option] if option == "listen" else [self[option]]
+            for description in filter(None, values):
+                _check_strport(option, description)
+        if self.parent is not None:
+            self._adjust_twistd(self.parent)
+
+    def _option_names(self, message: str) -> str:
+        """``message`` naming options as ``--high-water-mark``, not ``high_water_mark``."""
+        for name in self.longOpt:
+            name = name.rstrip("=")
+            message = re.sub(rf"\b{name.replace('-', '_')}\b", f"--{name}", message)
+        return message
+
+    def _adjust_twistd(self, twistd: usage.Options) -> None:
+        """twistd's own options: no pid file in the foreground, and the JSON logger."""
+        if twistd.get("nodaemon") and twistd.get("pidfile") == _TWISTD_DEFAULT_PIDFILE:
+            twistd["pidfile"] = ""
+        if self["json-logs"]:
+            jsonlog.use_twistd_output(twistd.get("logfile"), bool(twistd.get("nodaemon")))
+            twistd["logger"] = jsonlog.TWISTD_OBSERVER
+
+
+def _check_strport(option: str, description: str) -> None:
+    """Raise a one-line ``UsageError`` if ``description`` is not a usable server strport."""
+    try:
+        # Parsing builds the endpoint without touching the reactor.
+        serverFromString(None, description)
+    except ImportError as e:
+        raise usage.UsageError(
+            f"--{option} {description!r}: TLS needs the tls extra "
+            f"(pip install 'tcpsocket[tls]'): {e}"
+        ) from None
+    except (IndexError, KeyError):
+        if not description.startswith("systemd:"):
+            raise usage.UsageError(f"--{option} {description!r}: invalid description") from None
+        raise usage.UsageError(
+            f"--{option} {description!r}: no such socket was passed (systemd socket activation "
+            "passes them in LISTEN_FDS and LISTEN_FDNAMES)"
+        ) from None
+    except Exception as e:
+        raise usage.UsageError(f"--{option} {description!r}: {e or type(e).__name__}") from None
+
+
+class _DaemonService(TcpSocketService):
+    """The daemon under twistd: a port it cannot listen on ends it with one line.
+
+    In the foreground that line goes to stderr. A daemonizing twistd reports only exceptions
+    to the process that started it (and waits forever after a plain exit), so there the line
+    is an exception's message, which twistd prints as "An error has occurred: ...".
+    """
+
+    foreground = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self._cannot_listen(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as e:
+            self._cannot_listen(e)
+
+    def _cannot_listen(self, error: CannotListenError) -> None:
+        message = f"twistd tcpsocket: {error}"
+        if self.foreground:
+            sys.exit(message)
+        raise RuntimeError(message) from None
 
 
 def reparse(options: Options) -> ServerConfig:
@@ -245,6 +379,13 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (raising the open files limit first);
     SIGHUP reloads it."""
     raise_nofile_limit()
-    service = TcpSocketService(options["config"], options["listen"])
+    service = _DaemonService(
+        options["config"],
+        options["listen"],
+        metrics_listen=options["metrics-listen"],
+        metrics_token=options["metrics-token"],
+    )
+    twistd = options.parent
+    service.foreground = twistd is None or bool(twistd.get("nodaemon"))
     HangupReload(partial(reparse, options), service.reconfigure).setServiceParent(service)
     return service

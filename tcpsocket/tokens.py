@@ -126,7 +126,17 @@ def load_tokens_file(path: str | Path) -> list[Token]:
         raise ValueError(f"cannot read tokens file {path}: {e}") from None
     if not isinstance(entries, list):
         raise ValueError(f"tokens file {path} must hold a JSON list")
-    try:
-        return [token_from_json(entry) for entry in entries]
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"tokens file {path}: {e}") from None
+    tokens: list[Token] = []
+    seen: dict[str, int] = {}
+    for number, entry in enumerate(entries, 1):
+        try:
+            token = token_from_json(entry)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"tokens file {path}, entry {number}: {e}") from None
+        if token.value in seen:
+            raise ValueError(
+                f"tokens file {path}: entry {number} repeats the token of entry {seen[token.value]}"
+            )
+        seen[token.value] = number
+        tokens.append(token)
+    return tokens

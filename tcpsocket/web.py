@@ -379,11 +379,19 @@ def _preflight(request: Request) -> int:
     return _without_body(request, http.NO_CONTENT)
 
 
+def _body(request: Request, body: bytes) -> bytes:
+    """``body`` for a GET; for a HEAD, its length only (Twisted warns about a HEAD body)."""
+    if request.method != b"HEAD":
+        return body
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return b""
+
+
 def _not_found(request: Request) -> bytes:
     request.setResponseCode(http.NOT_FOUND)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     request.setHeader(b"x-content-type-options", b"nosniff")
-    return b"Not Found\n"
+    return _body(request, b"Not Found\n")
 
 
 def _render_asset(request: Request, asset: StaticAsset | None) -> bytes | int:
@@ -406,7 +414,7 @@ def _render_asset(request: Request, asset: StaticAsset | None) -> bytes | int:
     if _not_modified(request, asset):
         return _without_body(request, http.NOT_MODIFIED)
     request.setHeader(b"content-type", asset.content_type)
-    return asset.body
+    return _body(request, asset.body)
 
 
 def _decode_path(segments: list[bytes]) -> str | None:

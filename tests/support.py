@@ -137,6 +137,22 @@ def test_config(**overrides: Any) -> ServerConfig:
 test_config.__test__ = False  # type: ignore[attr-defined]  # not a test, for pytest
 
 
+#: What the examples' names (imap.example.org...) resolve to in tests: a public address, so the
+#: default policy allows it; :func:`to_loopback` connects to a loopback server instead, so no
+#: traffic ever goes there.
+EXAMPLE_ADDRESS = "93.184.216.34"
+
+
+def to_loopback(ports: dict[tuple[str, int], int]) -> dict[str, Any]:
+    """Config overrides sending the examples' remotes (name, port) to loopback ports."""
+
+    def connect(reactor_: Any, host: str, port: int, timeout: float) -> Any:
+        return TCP4ClientEndpoint(reactor_, "127.0.0.1", ports[(host, port)], timeout=timeout)
+
+    names = NameTable({host: [EXAMPLE_ADDRESS] for host, _ in ports})
+    return {"connect": connect, "resolver": names, "policy": DestinationPolicy()}
+
+
 def capture_logs(test: Any) -> list[dict[str, Any]]:
     """The ``twisted.logger`` events emitted from now until the end of ``test``."""
     events: list[dict[str, Any]] = []

@@ -225,7 +225,7 @@ window.T = (() => {
 
 OUTPUT_HAS = "(text) => document.querySelector('#output').textContent.includes(text)"
 
-# The seed's snippet (shared/seed/TcpSocketManager.md), verbatim.
+# The seed's snippet (the seed documentation of TcpSocketManager), verbatim.
 SEED_SNIPPET = """
 const session = new lib_session.Session();
 const sessionstate = {};
@@ -422,38 +422,6 @@ class SeedTests(BrowserTestCase):
         )
         self.assertEqual(received, [True, True, "seed ping"])
         self.assertEqual(bytes(echo.received), b"seed ping")
-
-    async def test_demo_page(self) -> None:
-        _echo, echo_port = await listen_remote(self, Echo)
-        page = await self.new_page(f"{self.daemon}/")
-
-        def drive() -> None:
-            page.fill("#host", "127.0.0.1")
-            page.fill("#port", str(echo_port))
-            page.fill("#token", TOKEN)
-            page.click("#connect")
-            page.wait_for_selector("#status[data-state=connected]")
-            page.fill("#line", "hello from the demo")
-            page.press("#line", "Enter")
-            page.wait_for_function(OUTPUT_HAS, arg="hello from the demo\r\n")
-            page.select_option("#eol", "lf")
-            page.fill("#line", "second line")
-            page.click("#send")
-            page.wait_for_function(OUTPUT_HAS, arg="second line\n")
-            page.click("#close")
-            page.wait_for_function(OUTPUT_HAS, arg="[connection closed]")
-
-        await HOST.run(drive)
-        self.assertTrue(await self.js(page, "() => document.querySelector('#line').disabled"))
-
-    async def test_demo_page_wrong_token(self) -> None:
-        page = await self.new_page(f"{self.daemon}/?token=wrong&port=7")
-        await HOST.run(page.click, "#connect")
-        await self.wait_js(
-            page, "() => document.querySelector('#status').dataset.state === 'error'"
-        )
-        text = await self.js(page, "() => document.querySelector('#status').textContent")
-        self.assertIn("token refused", text)
 
 
 class DocExampleTests(BrowserTestCase):

@@ -232,6 +232,11 @@ class TwistdTests(TestCase):
             "--max-services-per-session",
             "--max-lookups-per-session",
             "--max-lookups",
+            "--config",
+            "--json-logs",
+            "--metrics-listen",
+            "--metrics-token",
+            "--version",
             "WS_RUNTIME_TOKEN",
         ):
             self.assertIn(option, text)

@@ -1,19 +1,19 @@
-/* Browser telnet demo: uses only the served library (lib_session, lib_tcpsocket). */
+/* Browser telnet demo: uses only the served library (lib_session, lib_tcpsocket).
+ *
+ * The token is typed into a password field (and kept in sessionStorage only if asked); it is
+ * never read from or written to a URL. The transcript keeps the last OUTPUT_LIMIT characters.
+ */
 (function () {
   "use strict";
 
+  const OUTPUT_LIMIT = 256 * 1024;
+  const TOKEN_KEY = "tcpsocket-demo-token";
   const $ = (id) => document.getElementById(id);
   const ui = {
-    host: $("host"),
-    port: $("port"),
-    token: $("token"),
-    connect: $("connect"),
-    close: $("close"),
-    status: $("status"),
-    output: $("output"),
-    line: $("line"),
-    eol: $("eol"),
-    send: $("send"),
+    host: $("host"), port: $("port"), token: $("token"), remember: $("remember"),
+    connect: $("connect"), reconnect: $("reconnect"), close: $("close"), status: $("status"),
+    hex: $("hex"), clear: $("clear"), kept: $("kept"), output: $("output"),
+    line: $("line"), eol: $("eol"), send: $("send"),
   };
   const EOL = { crlf: "\r\n", lf: "\n", none: "" };
 
@@ -22,38 +22,98 @@
   let manager = null;
   let socket = null;
   let decoder = null;
+  let lastError = null;
+  let last = null; // {host, port} of the last connect, for Reconnect
+  let kept = 0; // characters in the transcript
+  let dropped = false;
 
+  // A token in the address (an old link, a bookmark) is not used, and is taken out of the
+  // address bar and the history entry so that it goes no further.
   const params = new URLSearchParams(location.search);
-  for (const name of ["host", "port", "token"]) {
+  if (params.has("token")) {
+    params.delete("token");
+    const query = params.toString();
+    history.replaceState(null, "", location.pathname + (query ? `?${query}` : "") + location.hash);
+  }
+  for (const name of ["host", "port"]) {
     if (params.has(name)) ui[name].value = params.get(name);
+  }
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved !== null) {
+    ui.token.value = saved;
+    ui.remember.checked = true;
   }
 
   function setStatus(text, state) {
     ui.status.textContent = text;
-    ui.status.dataset.state = state || "";
+    ui.status.dataset.state = state;
   }
 
-  function append(text, cls) {
-    const atBottom = ui.output.scrollTop + ui.output.clientHeight >= ui.output.scrollHeight - 4;
-    if (cls) {
-      const span = document.createElement("span");
-      span.className = cls;
-      span.textContent = text;
-      ui.output.appendChild(span);
+  /** Add `text` to the transcript (kind: "", "sent", "meta" or "error"), keeping it bounded. */
+  function append(text, kind) {
+    const out = ui.output;
+    const atBottom = out.scrollTop + out.clientHeight >= out.scrollHeight - 4;
+    const tail = out.lastChild;
+    // Received text joins the previous received span; each sent line or notice is its own.
+    if (!kind && tail && tail.nodeType === 1 && tail.dataset.kind === "") {
+      tail.textContent += text;
     } else {
-      ui.output.appendChild(document.createTextNode(text));
+      const span = document.createElement("span");
+      span.dataset.kind = kind || "";
+      if (kind) span.className = kind;
+      span.textContent = text;
+      out.appendChild(span);
     }
-    if (atBottom) ui.output.scrollTop = ui.output.scrollHeight;
+    kept += text.length;
+    while (kept > OUTPUT_LIMIT && out.firstChild) {
+      const first = out.firstChild;
+      const excess = kept - OUTPUT_LIMIT;
+      if (first.textContent.length <= excess) {
+        kept -= first.textContent.length;
+        out.removeChild(first);
+      } else {
+        first.textContent = first.textContent.slice(excess);
+        kept -= excess;
+      }
+      dropped = true;
+    }
+    ui.kept.textContent = dropped ? `older output dropped: showing the last ${Math.round(OUTPUT_LIMIT / 1024)} KiB` : "";
+    if (atBottom) out.scrollTop = out.scrollHeight;
   }
 
-  function meta(text) {
-    append(`[${text}]\n`, "meta");
+  const meta = (text) => append(`[${text}]\n`, "meta");
+  const problem = (text) => append(`[${text}]\n`, "error");
+
+  function hexDump(bytes) {
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 16) {
+      const row = bytes.subarray(i, i + 16);
+      const hex = Array.from(row, (b) => b.toString(16).padStart(2, "0")).join(" ");
+      const ascii = Array.from(row, (b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : ".")).join("");
+      text += `${hex.padEnd(48)}  ${ascii}\n`;
+    }
+    return text;
   }
 
-  function describe(error) {
-    if (error && error.value && error.value.message) return error.value.message;
-    if (error && error.reason) return error.message ? `${error.reason}: ${error.message}` : error.reason;
-    return String(error);
+  /** A sentence for a failure of the library (session or socket). */
+  function describe(error, host, port) {
+    const reason = error && error.reason;
+    const detail = (error && error.value && error.value.message) || (error && error.message) || "";
+    const where = `${host}:${port}`;
+    if (reason === "connection_failed") {
+      return `cannot reach the tcpsocket daemon at ${location.host || "localhost"}: is it running?`;
+    }
+    if (reason === "token_refused") return "the daemon refused the token: check it and try again";
+    if (reason === "MissingPermission") return "this token does not grant TCP sockets (tcp-socket)";
+    if (reason === "session_closed") return "the session with the daemon ended";
+    if (/^invalid (host|port)/.test(detail)) return `that is not a valid host or port (${detail})`;
+    if (/^not allowed/.test(detail)) return `the daemon's policy does not allow ${where} (${detail})`;
+    if (/refused/.test(detail)) return `${where} refused the connection: nothing listens there?`;
+    if (/timed? ?out/.test(detail)) return `${where} did not answer in time`;
+    if (/lookup|resolve|DNS|name/i.test(detail)) return `cannot find the host ${host} (${detail})`;
+    if (/too many sockets/.test(detail)) return `the daemon's socket limit is reached (${detail})`;
+    if (detail) return `cannot connect to ${where}: ${detail}`;
+    return `cannot connect to ${where}: ${reason || String(error)}`;
   }
 
   function setConnected(connected) {
@@ -61,6 +121,7 @@
     ui.send.disabled = !connected;
     ui.close.disabled = !connected;
     ui.connect.disabled = false;
+    ui.reconnect.disabled = connected || last === null;
   }
 
   /** A TcpSocketManager on a session opened with `token` (reused when possible). */
@@ -74,44 +135,41 @@
     sessionToken = token;
     manager = null;
     return new Promise((resolve, reject) => {
-      current.open(
-        "websocket",
-        location.host || "localhost",
-        token,
-        {
-          onsessionconnected() {
-            lib_tcpsocket.TcpSocketManager.get(current).then((m) => {
-              if (current === session) manager = m;
-              resolve(m);
-            }, reject);
-          },
-          onsessiondisconnected() {
-            if (current !== session) return;
-            manager = null;
-            socket = null;
-            meta("session closed");
-            setStatus("disconnected", "error");
-            setConnected(false);
-          },
-          onsessionconnectionerror(info) {
-            reject(info && info.reason === "token_refused" ? { reason: "token refused" } : info || {});
-          },
+      current.open("websocket", location.host || "localhost", token, {
+        onsessionconnected() {
+          lib_tcpsocket.TcpSocketManager.get(current).then((m) => {
+            if (current === session) manager = m;
+            resolve(m);
+          }, reject);
         },
-        false
-      );
+        onsessiondisconnected(info) {
+          if (current !== session) return;
+          manager = null;
+          const why = info && info.code ? ` (code ${info.code}${info.reason ? `: ${info.reason}` : ""})` : "";
+          if (socket !== null) problem(`the session with the daemon ended${why}`);
+          socket = null;
+          setStatus(`disconnected${why}`, "error");
+          setConnected(false);
+        },
+        onsessionconnectionerror(info) {
+          reject(info || { reason: "connection_failed" });
+        },
+      }, false);
     });
   }
 
   function onData(bytes) {
-    append(decoder.decode(bytes, { stream: true }));
+    append(ui.hex.checked ? hexDump(bytes) : decoder.decode(bytes, { stream: true }));
   }
 
-  async function connect(event) {
-    event.preventDefault();
-    const host = ui.host.value.trim();
-    const port = Number(ui.port.value);
+  async function open(host, port) {
     if (socket !== null) disconnect();
+    if (ui.remember.checked) sessionStorage.setItem(TOKEN_KEY, ui.token.value);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    last = { host, port };
+    lastError = null;
     ui.connect.disabled = true;
+    ui.reconnect.disabled = true;
     setStatus(`connecting to ${host}:${port}…`, "busy");
     try {
       const m = await getManager(ui.token.value);
@@ -119,12 +177,16 @@
       socket = opened;
       decoder = new TextDecoder();
       opened.addEventListener(opened.DATA_EVENT, onData);
-      opened.addEventListener(opened.ERROR_EVENT, (message) => meta(`error: ${message}`));
+      opened.addEventListener(opened.ERROR_EVENT, (message) => {
+        lastError = message;
+        problem(`error: ${message}`);
+      });
       opened.addEventListener(opened.CLOSE_EVENT, () => {
         if (socket !== opened) return;
         socket = null;
-        meta("connection closed");
-        setStatus("closed", "");
+        const why = lastError ? `connection closed: ${lastError}` : "connection closed";
+        meta(why);
+        setStatus(why, lastError ? "error" : "closed");
         setConnected(false);
       });
       meta(`connected to ${host}:${port}`);
@@ -132,8 +194,9 @@
       setConnected(true);
       ui.line.focus();
     } catch (error) {
-      meta(`connect failed: ${describe(error)}`);
-      setStatus(`error: ${describe(error)}`, "error");
+      const text = describe(error, host, port);
+      problem(text);
+      setStatus(text, "error");
       setConnected(false);
     }
   }
@@ -141,7 +204,7 @@
   function disconnect() {
     const current = socket;
     if (current === null) return;
-    current.close().catch((error) => meta(`close failed: ${describe(error)}`));
+    current.close().catch((error) => problem(`close failed: ${describe(error, last.host, last.port)}`));
     setStatus("closing…", "busy");
   }
 
@@ -150,14 +213,31 @@
     if (socket === null) return;
     const text = ui.line.value + (EOL[ui.eol.value] ?? "\r\n");
     ui.line.value = "";
+    append(text.endsWith("\n") ? text : `${text}\n`, "sent");
     try {
       await socket.send(text);
     } catch (error) {
-      meta(`send failed: ${describe(error)}`);
+      problem(`send failed: ${describe(error, last.host, last.port)}`);
     }
   }
 
-  $("connect-form").addEventListener("submit", connect);
+  function clear() {
+    ui.output.textContent = "";
+    kept = 0;
+    dropped = false;
+    ui.kept.textContent = "";
+  }
+
+  $("connect-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    open(ui.host.value.trim(), Number(ui.port.value));
+  });
+  ui.reconnect.addEventListener("click", () => last && open(last.host, last.port));
   $("send-form").addEventListener("submit", sendLine);
   ui.close.addEventListener("click", disconnect);
+  ui.clear.addEventListener("click", clear);
+  ui.remember.addEventListener("change", () => {
+    if (!ui.remember.checked) sessionStorage.removeItem(TOKEN_KEY);
+  });
+  window.tcpsocketDemo = { OUTPUT_LIMIT };
 })();

@@ -1,0 +1,1 @@
+WS_RUNTIME_TOKEN=secrettoken bash scripts/serve
