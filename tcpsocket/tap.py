@@ -29,6 +29,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -97,8 +104,74 @@ class Options(usage.Options):
             "session-buffer",
             None,
             256 * 1024,
-            "Bytes queued towards a client above which its remotes stop being read.",
+            "Bytes queued towards a client above which its remotes, and its own requests, "
+            "stop being read.",
             _positive_int,
+        ],
+        [
+            "used-tokens-file",
+            None,
+            None,
+            "File recording the single-use tokens consumed (SHA-256 digests), so that they "
+            "stay used across restarts; created if missing.",
+        ],
+        [
+            "handshake-message-size",
+            None,
+            4096,
+            "Largest WebSocket message before the token is accepted, in bytes.",
+            _positive_int,
+        ],
+        [
+            "max-pending",
+            None,
+            512,
+            "Connections without a session (HTTP, or WebSocket before its token) allowed; "
+            "over it, the oldest is dropped.",
+            _positive_int,
+        ],
+        [
+            "max-pending-per-address",
+            None,
+            128,
+            "Connections without a session allowed per client address; over it, that "
+            "address's oldest is dropped.",
+            _positive_int,
+        ],
+        [
+            "failed-handshakes-per-minute",
+            None,
+            30,
+            "Failed session handshakes allowed per client address and minute.",
+            _positive_int,
+        ],
+        [
+            "pings-per-minute",
+            None,
+            60,
+            "WebSocket pings a client may send per minute; more closes its connection (1008).",
+            _positive_int,
+        ],
+        [
+            "keepalive-interval",
+            None,
+            30.0,
+            "Seconds between pings to a quiet client (0: no pings).",
+            _non_negative_float,
+        ],
+        [
+            "keepalive-timeout",
+            None,
+            20.0,
+            "Seconds a client has to answer a ping before its connection is dropped.",
+            _positive_float,
+        ],
+        [
+            "idle-timeout",
+            None,
+            600.0,
+            "Seconds a session with no socket open may stay silent before it is closed (0: never).",
+            _non_negative_float,
         ],
     ]
 
@@ -107,14 +180,27 @@ class Options(usage.Options):
         self["listen"] = []
         self["token"] = []
         self["allow"] = []
+        self["origin"] = []
+        self["server-name"] = []
 
     def opt_listen(self, description: str) -> None:
         """Strports to listen on, repeatable [default: tcp:8081:interface=127.0.0.1]."""
         self["listen"].append(description)
 
     def opt_token(self, value: str) -> None:
-        """A session token granting tcp-socket (repeatable)."""
+        """A session token granting tcp-socket (repeatable, 16+ chars; shows in `ps`)."""
         self["token"].append(value)
+
+    def opt_origin(self, origin: str) -> None:
+        """A web origin allowed to open sessions, e.g. 'https://app.example' (repeatable;
+        '*': any). Pages the daemon serves itself and clients sending no Origin are always
+        allowed."""
+        self["origin"].append(origin)
+
+    def opt_server_name(self, name: str) -> None:
+        """A host name the daemon is reached by, besides localhost and its addresses
+        (repeatable; '*': any). Other Host headers get 421 (DNS rebinding)."""
+        self["server-name"].append(name)
 
     def opt_allow(self, rule: str) -> None:
         """Allow only matching remotes, HOST:PORTS, repeatable (e.g. '*.example.org:993,143',
@@ -125,9 +211,9 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
-        tokens = TokenStore()
         environment = os.environ.get(TOKEN_VARIABLE)
         try:
+            tokens = TokenStore(used_tokens_file=self["used-tokens-file"])
             if environment:
                 tokens.add(Token(environment))
             for value in self["token"]:
@@ -147,8 +233,18 @@ class Options(usage.Options):
                     "high-water-mark",
                     "max-send-buffer",
                     "session-buffer",
+                    "handshake-message-size",
+                    "max-pending",
+                    "max-pending-per-address",
+                    "failed-handshakes-per-minute",
+                    "pings-per-minute",
+                    "keepalive-interval",
+                    "keepalive-timeout",
+                    "idle-timeout",
                 )
             }
+            config_values["allowed_origins"] = frozenset(self["origin"])
+            config_values["server_names"] = frozenset(self["server-name"])
             if self["allow"]:
                 config_values["policy"] = AllowList(self["allow"])
             if not len(tokens):

@@ -22,8 +22,8 @@ from tcpsocket.config import ServerConfig
 from tcpsocket.site import build_site
 from tcpsocket.tokens import Token, TokenStore
 
-TOKEN = "secrettoken"
-NO_PERMISSION_TOKEN = "no-permission"
+TOKEN = "change-this-secret-token"
+NO_PERMISSION_TOKEN = "no-permission-token"
 
 
 def temp_dir(test: Any) -> Path:
@@ -39,10 +39,11 @@ def open_fds() -> int:
 
 
 def test_config(**overrides: Any) -> ServerConfig:
-    """A config with the test tokens."""
+    """A config with the test tokens; web pages of any origin may connect."""
     tokens = TokenStore(
         [Token(TOKEN, "test"), Token(NO_PERMISSION_TOKEN, "nobody", permissions=frozenset())]
     )
+    overrides.setdefault("allowed_origins", frozenset({"*"}))
     return ServerConfig(tokens=tokens, **overrides)
 
 

@@ -1,0 +1,68 @@
+"""Client-supplied text made safe to log: escaped and cut.
+
+Close reasons, ``Origin`` and ``Host`` headers, peer strings and token
+identities reach the logs through :func:`printable`, so that a client cannot
+forge log lines (newlines, terminal escapes) or fill the disk with one line.
+:class:`LogBudget` bounds how many lines one kind of event may log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+__all__ = ["LogBudget", "printable"]
+
+
+def printable(text: str | bytes | None, limit: int = 200) -> str:
+    """``text`` with every non-printable character escaped, cut to ``limit`` characters.
+
+    Bytes are decoded as UTF-8 (invalid bytes escaped as ``\\xNN``); ``None``
+    is ``"-"``.  A cut text ends with ``…`` and says how long it was.
+    """
+    if text is None:
+        return "-"
+    if isinstance(text, bytes | bytearray | memoryview):
+        text = bytes(text).decode("utf-8", "backslashreplace")
+    length = len(text)
+    head = text[: limit + 1]
+    escaped = "".join(
+        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
+        for c in head
+    )
+    if len(escaped) > limit or length > limit:
+        return f"{escaped[:limit]}…({length} chars)"
+    return escaped
+
+
+class LogBudget:
+    """At most ``lines`` log lines per ``period`` seconds; the rest are counted.
+
+    When lines were dropped, the next line that fits says how many.
+    """
+
+    def __init__(self, reactor: Any, lines: int = 20, period: float = 60.0) -> None:
+        self._reactor = reactor
+        self._lines = lines
+        self._period = period
+        self._window_start = float("-inf")
+        self._used = 0
+        self.suppressed = 0
+
+    def warn(self, log: Logger, format: str, **fields: Any) -> bool:
+        """Log ``format`` at warn level if the budget allows; True if it was logged."""
+        now = self._reactor.seconds()
+        if now - self._window_start >= self._period:
+            self._window_start = now
+            self._used = 0
+        if self._used >= self._lines:
+            self.suppressed += 1
+            return False
+        self._used += 1
+        if self.suppressed:
+            format += " ({suppressed} similar lines suppressed)"
+            fields["suppressed"] = self.suppressed
+            self.suppressed = 0
+        log.warn(format, **fields)
+        return True
