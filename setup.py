@@ -28,6 +28,7 @@ setup(
             "mypy",
             "mypy-zope",
             "ruff",
+            "hypothesis",
         ],
         "bench": ["websockify", "websockets"],
     },

@@ -54,7 +54,9 @@ class NonReadingClientTests(TestCase):
                 # The kernel took nothing more: the daemon is not reading.
                 before = transport_buffered(raw.transport)
                 await pause(0.1)
-                stalled_for = stalled_for + 0.1 if transport_buffered(raw.transport) >= before else 0
+                stalled_for = (
+                    stalled_for + 0.1 if transport_buffered(raw.transport) >= before else 0
+                )
                 continue
             for _ in range(64):
                 raw.send(encode_request(0, 0, request_id, request))
