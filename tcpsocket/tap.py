@@ -50,7 +50,9 @@ class Options(usage.Options):
     longdesc = (
         "Serve raw TCP client sockets to web and Python apps over a session WebSocket at "
         "/ws, with the JavaScript library under /api/v1/ and a demo page at /. "
-        f"Tokens come from ${TOKEN_VARIABLE}, --token and --tokens-file; at least one is needed."
+        f"Tokens come from ${TOKEN_VARIABLE}, --token and --tokens-file; at least one is needed. "
+        "Web pages of other origins need --origin; other host names need --server-name "
+        "(doc/security.md)."
     )
 
     optParameters = [
@@ -66,8 +68,8 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             10.0,
-            "Seconds a client has for the WebSocket and session handshakes "
-            "(and an idle HTTP connection is kept).",
+            "Seconds from TCP accept to the session ack (WebSocket upgrade and token); also the "
+            "deadline of each HTTP request's headers, and how long idle HTTP is kept.",
             _positive_float,
         ],
         [
