@@ -15,22 +15,27 @@ from twisted.logger import Logger
 __all__ = ["LogBudget", "printable"]
 
 
+def _escape(char: str) -> str:
+    if char.isprintable() and char != "\\":
+        return char
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode("ascii")
+
+
 def printable(text: str | bytes | None, limit: int = 200) -> str:
     """``text`` with every non-printable character escaped, cut to ``limit`` characters.
 
-    Bytes are decoded as UTF-8 (invalid bytes escaped as ``\\xNN``); ``None``
-    is ``"-"``.  A cut text ends with ``…`` and says how long it was.
+    Bytes are decoded as UTF-8, invalid bytes escaped as ``\\xNN``; ``None`` is ``"-"``.
+    A cut text ends with ``…`` and says how long it was.
     """
     if text is None:
         return "-"
     if isinstance(text, bytes | bytearray | memoryview):
-        text = bytes(text).decode("utf-8", "backslashreplace")
+        text = bytes(text).decode("utf-8", "surrogateescape")
     length = len(text)
-    head = text[: limit + 1]
-    escaped = "".join(
-        c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii")
-        for c in head
-    )
+    escaped = "".join(_escape(char) for char in text[: limit + 1])
     if len(escaped) > limit or length > limit:
         return f"{escaped[:limit]}…({length} chars)"
     return escaped
