@@ -8,11 +8,12 @@ forge log lines (newlines, terminal escapes) or fill the disk with one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 
-__all__ = ["LogBudget", "printable"]
+__all__ = ["ClientLog", "LogBudget", "printable"]
 
 
 def _escape(char: str) -> str:
@@ -57,6 +58,10 @@ class LogBudget:
 
     def warn(self, log: Logger, format: str, **fields: Any) -> bool:
         """Log ``format`` at warn level if the budget allows; True if it was logged."""
+        return self.emit(log, "warn", format, **fields)
+
+    def emit(self, log: Logger, level: str, format: str, **fields: Any) -> bool:
+        """Log ``format`` at ``level`` if the budget allows; True if it was logged."""
         now = self._reactor.seconds()
         if now - self._window_start >= self._period:
             self._window_start = now
@@ -69,5 +74,51 @@ class LogBudget:
             format += " ({suppressed} similar lines suppressed)"
             fields["suppressed"] = self.suppressed
             self.suppressed = 0
-        log.warn(format, **fields)
+        getattr(log, level)(format, **fields)
         return True
+
+
+class ClientLog:
+    """Stands in for an Autobahn protocol's ``log`` (txaio's logger interface).
+
+    Autobahn logs header values, close reasons and peers of the connection's
+    client: here they are escaped and cut, its debug lines are dropped, and
+    while ``budget()`` gives a :class:`LogBudget` (a client not yet
+    authenticated) its lines are counted against it.
+    """
+
+    def __init__(self, log: Logger, budget: Callable[[], LogBudget | None]) -> None:
+        self._log = log
+        self._budget = budget
+
+    def _emit(self, level: str, format: str, fields: dict[str, Any]) -> None:
+        safe = {
+            key: printable(value) if isinstance(value, str | bytes) else value
+            for key, value in fields.items()
+        }
+        budget = self._budget()
+        if budget is None:
+            getattr(self._log, level)(format, **safe)
+        else:
+            budget.emit(self._log, level, format, **safe)
+
+    def trace(self, format: str, **fields: Any) -> None:
+        pass
+
+    def debug(self, format: str, **fields: Any) -> None:
+        pass
+
+    def info(self, format: str, **fields: Any) -> None:
+        self._emit("info", format, fields)
+
+    def warn(self, format: str, **fields: Any) -> None:
+        self._emit("warn", format, fields)
+
+    def error(self, format: str, **fields: Any) -> None:
+        self._emit("error", format, fields)
+
+    def critical(self, format: str, **fields: Any) -> None:
+        self._emit("critical", format, fields)
+
+    def failure(self, format: str | None = None, failure: Any = None, **fields: Any) -> None:
+        self._log.failure(format or "", failure, **fields)

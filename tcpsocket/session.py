@@ -27,7 +27,7 @@ from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBu
 from tcpsocket.bincode import DecodeError
 from tcpsocket.config import ServerConfig
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
-from tcpsocket.logtext import LogBudget, printable
+from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.messages import (
     CORE_SERVICE,
     PERMISSION,
@@ -118,6 +118,11 @@ class SessionProtocol(WebSocketServerProtocol):
         self._idle_timer: IDelayedCall | None = None
         self._last_message = 0.0
         self._closed_waiters: list[Deferred[None]] = []
+        # Autobahn's own log lines quote the client: escaped, and budgeted before the token.
+        self.log = ClientLog(log, self._log_budget)
+
+    def _log_budget(self) -> LogBudget | None:
+        return None if self._authenticated else self.factory.log_budget
 
     def when_closed(self) -> Deferred[None]:
         """A Deferred that fires once this session's WebSocket is closed."""
@@ -317,11 +322,12 @@ class SessionProtocol(WebSocketServerProtocol):
             transport.write(frame + head)
 
     def _fail(self, code: int, reason: str) -> None:
-        log.warn(
-            "closing session from {peer}: {reason}",
-            peer=self._peer_name,
-            reason=printable(reason),
-        )
+        budget = self._log_budget()
+        line = "closing session from {peer}: {reason}"
+        if budget is None:
+            log.warn(line, peer=self._peer_name, reason=printable(reason))
+        else:
+            budget.warn(log, line, peer=self._peer_name, reason=printable(reason))
         self.end(code, reason)
 
     def _cut(self, code: int, reason: str) -> None:
@@ -349,7 +355,10 @@ class SessionProtocol(WebSocketServerProtocol):
         """Answer the handshake with a negative ack, then close (log lines are budgeted)."""
         self._write_message(encode_ack(False))
         self.factory.log_budget.warn(
-            log, "closing session from {peer}: {reason}", peer=self._peer_name, reason=reason
+            log,
+            "closing session from {peer}: {reason}",
+            peer=self._peer_name,
+            reason=printable(reason),
         )
         self.end(code, reason)
 

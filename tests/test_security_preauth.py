@@ -118,6 +118,7 @@ class LockoutTests(TestCase):
 class FirstMessageTests(TestCase):
     async def test_100_unfinished_16_mib_first_messages_stay_small(self) -> None:
         site, port = await start_daemon(self)
+        logs = LogCapture(self)
         before = rss()
         clients = [await raw_client(self, port) for _ in range(100)]
         for client in clients:
@@ -128,6 +129,8 @@ class FirstMessageTests(TestCase):
         # Bound: 100 x 16 MiB was 1.6 GiB; what is left is buffers, well under 32 MiB.
         self.assertLess(rss() - before, 32 * MiB)
         await wait_until(lambda: len(site.admission) == 0)
+        # Autobahn's lines about these clients count against the pre-auth log budget.
+        self.assertEqual(len(logs.matching("failing WebSocket connection (code=1009)")), 20)
 
     async def test_first_message_limit_lifted_after_the_token(self) -> None:
         _, port = await start_daemon(self, handshake_message_size=64)

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 
 from tcpsocket.admission import PendingConnections, RateBudget, TokenBucket
-from tcpsocket.logtext import LogBudget, printable
+from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.origins import host_allowed, host_name, origin_allowed
 from tests.support import test_config
 
@@ -53,6 +53,28 @@ class LogBudgetTests(SynchronousTestCase):
         self.assertEqual(
             [line for line in lines if line.startswith("line")],
             ["line 0", "line 1", "line 5 (3 similar lines suppressed)"],
+        )
+
+
+class ClientLogTests(SynchronousTestCase):
+    def test_escapes_drops_debug_and_budgets(self) -> None:
+        lines: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        budget: list[LogBudget | None] = [LogBudget(Clock(), lines=1)]
+        client_log = ClientLog(Logger(), lambda: budget[0])
+        client_log.debug("debug {x}", x=1)
+        client_log.warn("reason {reason}", reason="a\nb")
+        client_log.warn("reason {reason}", reason="dropped")
+        budget[0] = None
+        client_log.info("after {n}", n=1)
+        self.assertEqual(
+            [line for line in lines if line.startswith(("reason", "after", "debug"))],
+            ["reason a\\nb", "after 1"],
         )
 
 
