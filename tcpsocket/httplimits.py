@@ -128,6 +128,8 @@ class MisdirectedResource(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"referrer-policy", b"no-referrer")
+        if request.method == b"HEAD":
+            return b""
         return (
             b"Misdirected Request: this daemon does not serve that host name (see --server-name).\n"
         )

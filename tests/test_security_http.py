@@ -39,6 +39,15 @@ class HostTests(TestCase):
         self.assertEqual(status(response), 421, response)
         self.assertTrue(logs.matching("Host rebind.attacker.example"))
 
+    async def test_head_gets_421_without_a_body(self) -> None:
+        _, port = await start_daemon(self)
+        logs = LogCapture(self)
+        response = await http_exchange(
+            self, port, b"HEAD / HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+        )
+        self.assertEqual(status(response), 421)
+        self.assertFalse(logs.matching("is returning a message body"))
+
     async def test_missing_host_refused(self) -> None:
         _, port = await start_daemon(self)
         response = await http_exchange(self, port, b"GET / HTTP/1.0\r\n\r\n")
