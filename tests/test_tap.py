@@ -69,6 +69,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(config.tokens.authenticate("once" * 4), "single-use tokens are consumed")
         self.assertEqual(config.tokens.authenticate("none" * 4).permissions, frozenset())
 
+    def test_used_tokens_file_survives_restart(self) -> None:
+        directory = temp_dir(self)
+        tokens = directory / "tokens.json"
+        tokens.write_text(json.dumps([{"token": "once" * 4, "single_use": True}]))
+        used = str(directory / "used")
+        args = ("--tokens-file", str(tokens), "--used-tokens-file", used)
+        self.assertIsNotNone(parse(*args)["config"].tokens.authenticate("once" * 4))
+        restarted = parse(*args)["config"].tokens
+        self.assertIsNone(restarted.authenticate("once" * 4), "used before the restart")
+
     def test_bad_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
         for content in (
