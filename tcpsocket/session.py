@@ -158,6 +158,12 @@ class SessionProtocol(WebSocketServerProtocol):
 
     # -- WebSocket callbacks -------------------------------------------------
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The key of this connection's pending entry (made by the HTTP channel, or in
+        # onConnect): released in onClose, however the handshake ends.
+        self._admission_key = self.transport
+
     def onConnect(self, request: ConnectionRequest) -> None:
         self._peer_name = printable(request.peer)
         self._address = client_address(self.transport)
@@ -185,7 +191,6 @@ class SessionProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
         # Until its token is accepted, this connection is pending: capped apart
         # from the session slots, and its first message is tiny.
-        self._admission_key = self.transport
         admission = self.factory.admission
         self._pending = admission.get(self._admission_key)
         if self._pending is None:

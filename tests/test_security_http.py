@@ -144,6 +144,13 @@ class IdleCapTests(TestCase):
         await wait_until(lambda: len(site.admission) == 4 and sum(c.closed for c in a) == 2)
         self.assertFalse(any(c.closed for c in b))
 
+    async def test_failed_upgrade_leaves_the_pending_count(self) -> None:
+        site, port = await start_daemon(self)
+        bad = upgrade_request().replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 99")
+        response = await http_exchange(self, port, bad)
+        self.assertEqual(status(response), 400, response)
+        await wait_until(lambda: len(site.admission) == 0)
+
     async def test_session_leaves_the_pending_count(self) -> None:
         site, port = await start_daemon(self)
         client = await session(self, port)

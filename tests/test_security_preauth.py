@@ -44,9 +44,10 @@ class OriginTests(TestCase):
         return status(await http_exchange(self, port, upgrade_request(extra=extra)))
 
     async def test_cross_site_page_refused_before_the_handshake(self) -> None:
-        _, port = await start_daemon(self, allowed_origins=frozenset())
+        site, port = await start_daemon(self, allowed_origins=frozenset())
         logs = LogCapture(self)
         self.assertEqual(await self.upgrade(port, b"https://evil.example"), 403)
+        await wait_until(lambda: len(site.admission) == 0)
         mismatch = logs.matching("origin mismatch")
         self.assertEqual(len(mismatch), 1, logs.lines)
         self.assertIn("https://evil.example", mismatch[0])
@@ -94,13 +95,14 @@ class LockoutTests(TestCase):
         self.assertGreaterEqual(dropped, 1024 - 128, "the oldest pending ones made room")
 
     async def test_pending_connections_do_not_take_session_slots(self) -> None:
-        _, port = await start_daemon(self, max_sessions=1)
+        site, port = await start_daemon(self, max_sessions=1)
         for _ in range(5):
             await raw_client(self, port)
         first = await session(self, port)
         await first.settle()
         response = await http_exchange(self, port, upgrade_request())
         self.assertEqual(status(response), 503, "authenticated sessions are what is capped")
+        await wait_until(lambda: len(site.admission) == 5)
 
     async def test_handshake_deadline_runs_from_tcp_accept(self) -> None:
         site, port = await start_daemon(self, handshake_timeout=5.0)
