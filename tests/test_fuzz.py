@@ -71,6 +71,7 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
 )
 LIVE = settings(FUZZ, max_examples=EXAMPLES or 25)
+LIVE_EXAMPLES = EXAMPLES or 25
 
 DECODERS: list[Callable[[bytes], Any]] = [
     decode_base,
@@ -245,6 +246,8 @@ class LiveHarness:
         )
         self.canary_service = service
         self.failures: list[LogEvent] = []
+        self.sequences = 0
+        self.frames = 0
         globalLogPublisher.addObserver(self._observe)
 
     def _observe(self, event: LogEvent) -> None:
@@ -283,6 +286,8 @@ class LiveHarness:
             await cleanups.run()
         assert 1011 not in codes, codes
         assert not self.failures, self.failures
+        self.sequences += 1
+        self.frames += len(frames)
         await self.canary_echoes(b"canary %d" % len(frames))
 
 
@@ -331,3 +336,8 @@ class LiveSessionFuzzTests(TestCase):
             )
 
         await threads.deferToThread(one)
+        if EXAMPLES:
+            print(f"live session fuzz: {harness.sequences} sequences, {harness.frames} frames")
+
+    # Trial's default of 120 s would stop a long run (TCPSOCKET_FUZZ_EXAMPLES).
+    test_random_message_sequences.timeout = 120 + LIVE_EXAMPLES  # type: ignore[attr-defined]
