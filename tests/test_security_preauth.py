@@ -104,6 +104,14 @@ class LockoutTests(TestCase):
         self.assertEqual(status(response), 503, "authenticated sessions are what is capped")
         await wait_until(lambda: len(site.admission) == 5)
 
+    async def test_token_accepted_when_full_gets_1013(self) -> None:
+        _, port = await start_daemon(self, max_sessions=1)
+        first, second = await raw_client(self, port), await raw_client(self, port)
+        await session(self, port, raw=first)
+        second.send(encode_handshake(TOKEN))
+        self.assertEqual(await second.next(), b"\x00")
+        self.assertEqual(await second.closed, (1013, "too many sessions"))
+
     async def test_handshake_deadline_runs_from_tcp_accept(self) -> None:
         site, port = await start_daemon(self, handshake_timeout=5.0)
         client = await raw_tcp(self, port)
