@@ -7,6 +7,10 @@ the rules with a fake clock.  The last test is the canary for the Twisted intern
 
 from __future__ import annotations
 
+import inspect
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -151,7 +155,17 @@ class NameTests(SynchronousTestCase):
         self.assertFalse(origin_allowed(config, "null", "localhost", False))
 
 
-class TwistedInternalsCanaryTests(SynchronousTestCase):
+class InternalsCanaryTests(SynchronousTestCase):
+    def test_autobahn_attributes_used_by_the_session(self) -> None:
+        # Per-connection limits are instance attributes copied from the factory.
+        self.assertIn("maxMessagePayloadSize", WebSocketServerProtocol.CONFIG_ATTRS)
+        self.assertIn("maxFramePayloadSize", WebSocketServerProtocol.CONFIG_ATTRS)
+        self.assertTrue(hasattr(WebSocketServerProtocol(), "log"))
+        # The keepalive timers the session cancels in onClose are set up on connection.
+        setup = inspect.getsource(WebSocketProtocol._connectionMade)
+        for name in ("autoPingPendingCall", "autoPingTimeoutCall"):
+            self.assertIn(f"self.{name} = None", setup)
+
     def test_http_channel_internals_used_by_httplimits(self) -> None:
         channel = HTTPChannel()
         self.assertIsNone(channel._transferDecoder)
