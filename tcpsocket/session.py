@@ -67,8 +67,13 @@ GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+
+#: Frames one message may span: Autobahn keeps a list entry per fragment, so a
+#: stream of empty fragments would otherwise grow without bound.
+MAX_FRAGMENTS = 4096
 
 
 @implementer(IPushProducer)
@@ -117,6 +122,7 @@ class SessionProtocol(WebSocketServerProtocol):
         self._cut_off = False
         self._idle_timer: IDelayedCall | None = None
         self._last_message = 0.0
+        self._fragments = 0
         self._closed_waiters: list[Deferred[None]] = []
         # Autobahn's own log lines quote the client: escaped, and budgeted before the token.
         self.log = ClientLog(log, self._log_budget)
@@ -216,6 +222,17 @@ class SessionProtocol(WebSocketServerProtocol):
             self._cut(POLICY_VIOLATION, "too many pings")
             return
         super().onPing(payload)
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self._cut_off:
+            self._cut(MESSAGE_TOO_BIG, f"a message of more than {MAX_FRAGMENTS} fragments")
+            self.message_data = []
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when

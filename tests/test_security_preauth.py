@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from tcpsocket.messages import HasService, encode_handshake
+from tcpsocket.messages import HasService, decode_base, encode_handshake, encode_request
 from tests.security_helpers import (
     LogCapture,
     client_frame,
@@ -151,6 +151,32 @@ class FirstMessageTests(TestCase):
         client = await session(self, port)
         # A 1 KiB request after the handshake: answered (HasService of a long name).
         await client.request(0, 0, HasService("n" * 1024).encode())
+
+
+class FragmentTests(TestCase):
+    async def test_endless_empty_fragments_closed(self) -> None:
+        site, port = await start_daemon(self)
+        client = await session(self, port)
+        (protocol,) = live_sessions(site)
+        fragments = client_frame(2, b"", fin=False) + client_frame(0, b"", fin=False) * 100_000
+        client.raw.transport.write(fragments)
+        code, reason = await client.raw.closed
+        self.assertEqual((code, reason), (1009, "a message of more than 4096 fragments"))
+        # What was kept of that message: at most one read's worth of list entries.
+        self.assertLess(len(protocol.message_data or ()), 20_000)
+
+    async def test_fragmented_message_within_the_limit(self) -> None:
+        _, port = await start_daemon(self)
+        client = await session(self, port)
+        request = encode_request(0, 0, 1001, HasService("x" * 2000).encode())
+        pieces = [request[i : i + 100] for i in range(0, len(request), 100)]
+        frames = client_frame(2, pieces[0], fin=False)
+        frames += b"".join(client_frame(0, piece, fin=False) for piece in pieces[1:-1])
+        frames += client_frame(0, pieces[-1])
+        client.raw.transport.write(frames)
+        await client.settle()
+        (answer,) = client.unexpected  # the response to request 1001, not awaited by the client
+        self.assertEqual(decode_base(answer).request, 1001)
 
 
 class FailedHandshakeTests(TestCase):
