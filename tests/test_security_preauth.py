@@ -23,8 +23,17 @@ from tests.security_helpers import (
     status,
     upgrade_request,
 )
-from tests.session_helpers import MiB, live_sessions, session
-from tests.support import TOKEN, RawClient, raw_client, raw_client_on, start_daemon, wait_until
+from tests.session_helpers import MiB, live_sessions, manager, session
+from tests.support import (
+    TOKEN,
+    Echo,
+    RawClient,
+    listen_remote,
+    raw_client,
+    raw_client_on,
+    start_daemon,
+    wait_until,
+)
 
 
 async def pause(seconds: float) -> None:
@@ -253,6 +262,15 @@ class KeepaliveTests(TestCase):
         _, port = await start_daemon(self, idle_timeout=0.5)
         client = await session(self, port)
         self.assertEqual(await client.raw.closed, (1001, "idle timeout"))
+
+    async def test_session_with_a_socket_not_idle(self) -> None:
+        _, remote_port = await listen_remote(self, Echo)
+        _, port = await start_daemon(self, idle_timeout=0.3)
+        client, service = await manager(self, port)
+        await client.open_ok(service, remote_port)
+        await pause(1.0)
+        self.assertFalse(client.raw.closed.called)
+        await client.settle()
 
     async def test_active_session_not_idle(self) -> None:
         _, port = await start_daemon(self, idle_timeout=0.5)
