@@ -42,6 +42,7 @@ setup(
             "mypy",
             "mypy-zope",
             "ruff",
+            "hypothesis",
         ],
         "bench": ["websockify", "websockets"],
     },

@@ -27,7 +27,7 @@ from bench.client import (
 from tcpsocket.messages import Event
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 
 
 def free_port() -> int:

@@ -65,6 +65,27 @@ class ServerConfig:
     #: Name lookups in progress at once, per session and in all.
     max_lookups_per_session: int = 4
     max_lookups: int = 32
+    #: Web origins (``https://app.example``) allowed to open a session, besides the daemon's
+    #: own pages; ``"*"`` allows any.  Clients that send no ``Origin`` (native apps) are allowed.
+    allowed_origins: frozenset[str] = frozenset()
+    #: Host names the daemon answers to, besides localhost, 127.0.0.1, [::1] and the address
+    #: a connection arrived on; ``"*"`` allows any ``Host``.
+    server_names: frozenset[str] = frozenset()
+    #: Largest WebSocket message before a session is authenticated (the token).
+    handshake_message_size: int = 4 * KiB
+    #: Connections without a session yet (HTTP, or WebSocket before the token), in total
+    #: and per client address; over either, the oldest of them is dropped.
+    max_pending: int = 512
+    max_pending_per_address: int = 128
+    #: Failed session handshakes allowed per client address and minute (a burst of as many).
+    failed_handshakes_per_minute: int = 30
+    #: Pings a client may send per minute (a burst of as many); more closes its connection.
+    pings_per_minute: int = 60
+    #: Seconds between WebSocket pings to a quiet client, and to wait for its pong (0: none).
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 20.0
+    #: Seconds a session with no socket open may send nothing before it is closed (0: never).
+    idle_timeout: float = 600.0
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
     connect: RemoteConnector = remote_endpoint
     #: Counters of this daemon, served at ``/metrics`` (each config gets its own).
@@ -74,6 +95,11 @@ class ServerConfig:
         for name in ("connect_timeout", "handshake_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("keepalive_interval", "keepalive_timeout", "idle_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.keepalive_interval and not self.keepalive_timeout:
+            raise ValueError("keepalive_timeout must be positive when keepalive_interval is")
         for name in (
             "max_sockets_per_session",
             "max_sessions",
@@ -87,8 +113,19 @@ class ServerConfig:
             "max_services_per_session",
             "max_lookups_per_session",
             "max_lookups",
+            "handshake_message_size",
+            "max_pending",
+            "max_pending_per_address",
+            "failed_handshakes_per_minute",
+            "pings_per_minute",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        object.__setattr__(
+            self, "allowed_origins", frozenset(o.lower().rstrip("/") for o in self.allowed_origins)
+        )
+        object.__setattr__(
+            self, "server_names", frozenset(n.lower().rstrip(".") for n in self.server_names)
+        )
         if self.max_send_buffer < self.high_water_mark:
             raise ValueError("max_send_buffer must not be below high_water_mark")

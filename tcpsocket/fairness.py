@@ -17,6 +17,7 @@ socket) never changes a container being iterated.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 from twisted.internet.interfaces import IPushProducer
@@ -36,8 +37,11 @@ class Waiter(Protocol):
 class FairShare:
     """Round-robin turns on a congested WebSocket, registered as its push producer."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_client: Callable[[bool], None] = lambda reading: None) -> None:
+        """``read_client(False)`` is called while congested, ``read_client(True)`` after:
+        a client that does not read its replies has its requests left unread too."""
         self.congested = False
+        self._read_client = read_client
         self._waiting: OrderedDict[Waiter, None] = OrderedDict()
 
     def __len__(self) -> int:
@@ -56,8 +60,10 @@ class FairShare:
 
     def pauseProducing(self) -> None:
         self.congested = True
+        self._read_client(False)
 
     def resumeProducing(self) -> None:
+        self._read_client(True)
         self.congested = False
         waiting = self._waiting
         # Serving a socket writes to the transport, which calls

@@ -10,6 +10,9 @@ class IToken(Interface):
 
     identity = Attribute("str: who the session acts for (an origin or user name)")
     permissions = Attribute("frozenset[str]: the permissions it grants, e.g. 'tcp-socket'")
+    origins = Attribute(
+        "frozenset[str]: the only web origins it is valid from; empty: the daemon-wide rule"
+    )
 
 
 class ITokenStore(Interface):
@@ -21,6 +24,14 @@ class ITokenStore(Interface):
 
         ``origin`` is the WebSocket's ``Origin`` header, if the client sent
         one.  A single-use token is consumed by a successful call.
+        """
+
+    def origins() -> frozenset[str]:
+        """
+        Every web origin some token is pinned to.
+
+        The WebSocket upgrade admits these origins as well as the daemon's
+        own and ``ServerConfig.allowed_origins``; the token then decides.
         """
 
 

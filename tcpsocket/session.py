@@ -19,15 +19,17 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 
 from tcpsocket._timers import use_reactor_timers
+from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBucket, client_address
 from tcpsocket.bincode import DecodeError
 from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
 from tcpsocket.fairness import FairShare, Waiter
 from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.memory import HeapTrimmer
 from tcpsocket.messages import (
     CORE_SERVICE,
@@ -52,6 +54,7 @@ from tcpsocket.messages import (
     encode_reply,
     encode_response,
 )
+from tcpsocket.origins import origin_allowed
 from tcpsocket.service import TcpSocketManagerService
 from tcpsocket.tracking import ConnectionSet
 
@@ -64,10 +67,17 @@ _FRAME_16 = struct.Struct(">BBH")
 _FRAME_64 = struct.Struct(">BBQ")
 
 #: WebSocket close codes (RFC 6455).
+GOING_AWAY = 1001
 PROTOCOL_ERROR = 1002
 UNSUPPORTED_DATA = 1003
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+
+#: Frames one message may span: Autobahn keeps a list entry per fragment, so a
+#: stream of empty fragments would otherwise grow without bound.
+MAX_FRAGMENTS = 4096
 
 
 class SessionProtocol(WebSocketServerProtocol):
@@ -86,12 +96,26 @@ class SessionProtocol(WebSocketServerProtocol):
         self._authenticated = False
         self._ending = False
         # Told by the WebSocket's transport when the client is not keeping up (B.10).
-        self._share = FairShare()
+        self._share = FairShare(self._set_reading)
         self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
         self._origin: str | None = None
+        self._origin_allowed = False
+        self._address = "?"
+        self._admission_key: Any = None
+        self._pending: Pending | None = None
+        self._pings: TokenBucket | None = None
+        self._cut_off = False
+        self._idle_timer: IDelayedCall | None = None
+        self._last_message = 0.0
+        self._fragments = 0
         self._closed_waiters: list[Deferred[None]] = []
+        # Autobahn's own log lines quote the client: escaped, and budgeted before the token.
+        self.log = ClientLog(log, self._log_budget)
+
+    def _log_budget(self) -> LogBudget | None:
+        return None if self._authenticated else self.factory.log_budget
 
     def when_closed(self) -> Deferred[None]:
         """A Deferred that fires once this session's WebSocket is closed."""
@@ -141,22 +165,84 @@ class SessionProtocol(WebSocketServerProtocol):
 
     # -- WebSocket callbacks -------------------------------------------------
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The key of this connection's pending entry (made by the HTTP channel, or in
+        # onConnect): released in onClose, however the handshake ends.
+        self._admission_key = self.transport
+
     def onConnect(self, request: ConnectionRequest) -> None:
-        self._peer_name = request.peer
+        self._peer_name = printable(request.peer)
         self.session_id = next(self.factory.session_ids)
-        self._origin = request.origin
         if self.factory.stopping:
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "daemon stopping")
-        if len(self.factory.sessions) >= self.factory.budgets.max_sessions:
+        self._address = client_address(self.transport)
+        # Autobahn gives "" for no Origin header: a native client, not a web page.
+        self._origin = request.origin or None
+        host = request.headers.get("host")
+        secure = ISSLTransport.providedBy(self.transport)
+        if self._origin is not None:
+            self._origin_allowed = origin_allowed(self.config, self._origin, host, secure)
+            if (
+                not self._origin_allowed
+                and self._origin.lower() not in self.config.tokens.origins()
+            ):
+                self.factory.log_budget.warn(
+                    log,
+                    "refused WebSocket from {peer}: origin mismatch, {origin} is not allowed",
+                    peer=self._peer_name,
+                    origin=printable(self._origin),
+                )
+                raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        else:
+            self._origin_allowed = True
+        if self.factory.authenticated_sessions() >= self.factory.budgets.max_sessions:
             log.warn(
                 "refused session from {peer}: too many sessions",
-                peer=request.peer,
+                peer=self._peer_name,
                 session=self.session_id,
                 reason="too many sessions",
             )
             self.config.metrics.session_refused("capacity")
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
+        # Until its token is accepted, this connection is pending: capped apart
+        # from the session slots, and its first message is tiny.
+        admission = self.factory.admission
+        self._pending = admission.get(self._admission_key)
+        if self._pending is None:
+            self._pending = admission.admit(self._admission_key, self._address, self._drop)
+        else:
+            self._pending.drop = self._drop
+        self.maxMessagePayloadSize = self.config.handshake_message_size
+        self.maxFramePayloadSize = self.config.handshake_message_size
         self.factory.sessions.add(self)
+
+    def _drop(self) -> None:
+        """Make room for a newer pending connection."""
+        self.factory.log_budget.warn(
+            log, "dropped pending WebSocket from {peer}: too many pending", peer=self._peer_name
+        )
+        self.dropConnection(abort=True)
+
+    def onPing(self, payload: bytes) -> None:
+        if self._pings is None:
+            per_minute = self.config.pings_per_minute
+            self._pings = TokenBucket(per_minute, per_minute / 60, self.reactor.seconds())
+        if not self._pings.take(self.reactor.seconds()):
+            self._cut(POLICY_VIOLATION, "too many pings")
+            return
+        super().onPing(payload)
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self._cut_off:
+            self._cut(MESSAGE_TOO_BIG, f"a message of more than {MAX_FRAGMENTS} fragments")
+            self.message_data = []
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
@@ -173,8 +259,11 @@ class SessionProtocol(WebSocketServerProtocol):
         transport.unregisterProducer()
         transport.bufferSize = self.config.session_buffer
         transport.registerProducer(self._share, True)
+        # The deadline runs from TCP accept to the session's ack.
+        accepted = self._pending.accepted if self._pending is not None else self.reactor.seconds()
+        remaining = self.config.handshake_timeout - (self.reactor.seconds() - accepted)
         self._handshake_timer = self.reactor.callLater(
-            self.config.handshake_timeout, self._handshake_timed_out
+            max(0.0, remaining), self._handshake_timed_out
         )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -185,6 +274,7 @@ class SessionProtocol(WebSocketServerProtocol):
             return
         try:
             if self._authenticated:
+                self._last_message = self.reactor.seconds()
                 self._dispatch(payload)
             else:
                 self._handshake(payload)
@@ -205,13 +295,18 @@ class SessionProtocol(WebSocketServerProtocol):
         # Autobahn leaves these armed when the peer drops the connection.
         for timer in (
             self._handshake_timer,
+            self._idle_timer,
             self.closeHandshakeTimeoutCall,
             self.openHandshakeTimeoutCall,
+            self.autoPingPendingCall,
+            self.autoPingTimeoutCall,
         ):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._handshake_timer = self.closeHandshakeTimeoutCall = None
-        self.openHandshakeTimeoutCall = None
+        self._handshake_timer = self._idle_timer = self.closeHandshakeTimeoutCall = None
+        self.openHandshakeTimeoutCall = self.autoPingPendingCall = self.autoPingTimeoutCall = None
+        if self._admission_key is not None:
+            self.factory.admission.release(self._admission_key)
         if self in self.factory.sessions:
             self.factory.sessions.discard(self)
             ender = "the daemon" if self.closedByMe else "the client"
@@ -256,9 +351,9 @@ class SessionProtocol(WebSocketServerProtocol):
                 text += ", the client did not complete the close handshake"
             return text
         if not was_clean:
-            return f"connection lost without a close frame: {reason}"
+            return f"connection lost without a close frame: {printable(reason)}"
         # The client's reason is client text: quoted and cut for the log.
-        said = f": {repr(reason)[:200]}" if reason else ""
+        said = f": {printable(reason)}" if reason else ""
         text = f"code {code}{said}" if code is not None else "no code"
         return text + "; closed by the client"
 
@@ -303,40 +398,104 @@ class SessionProtocol(WebSocketServerProtocol):
             transport.write(frame + head)
 
     def _fail(self, code: int, reason: str) -> None:
-        log.warn(
-            "closing session from {peer}: {reason}",
-            peer=self._peer_name,
-            reason=reason,
-            session=self.session_id,
-        )
+        budget = self._log_budget()
+        line = "closing session from {peer}: {reason}"
+        if budget is None:
+            log.warn(line, peer=self._peer_name, reason=printable(reason), session=self.session_id)
+        else:
+            budget.warn(
+                log, line, peer=self._peer_name, reason=printable(reason), session=self.session_id
+            )
         self.end(code, reason)
+
+    def _cut(self, code: int, reason: str) -> None:
+        """Close with ``code`` and read nothing more from this client (it misbehaves)."""
+        if not self._ending:
+            self._fail(code, reason)
+        self._cut_off = True
+        self._set_reading(False)
+
+    def _set_reading(self, reading: bool) -> None:
+        """Read the client's frames, or stop (TCP back-pressure does the rest)."""
+        transport: Any = self.transport
+        if transport is None or (reading and self._cut_off):
+            return
+        if reading:
+            transport.resumeProducing()
+        else:
+            transport.pauseProducing()
 
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
         self.config.metrics.handshake_failed("timeout")
         self._fail(POLICY_VIOLATION, "no session handshake in time")
 
+    def _refuse(self, code: int, reason: str) -> None:
+        """Answer the handshake with a negative ack, then close (log lines are budgeted)."""
+        self._write_message(encode_ack(False))
+        self.factory.log_budget.warn(
+            log,
+            "closing session from {peer}: {reason}",
+            peer=self._peer_name,
+            reason=printable(reason),
+        )
+        self.end(code, reason)
+
     def _handshake(self, payload: bytes) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
-        token = self.config.tokens.authenticate(decode_handshake(payload), self._origin)
+        value = decode_handshake(payload)
+        failures = self.factory.failures
+        if not failures.allows(self._address):
+            # No token is checked from an address out of budget: guessing is slowed down.
+            self._refuse(POLICY_VIOLATION, "too many failed handshakes, try again later")
+            return
+        token = self.config.tokens.authenticate(value, self._origin)
         if token is None:
-            self._write_message(encode_ack(False))
+            failures.spend(self._address)
             self.config.metrics.handshake_failed("invalid-token")
-            self._fail(POLICY_VIOLATION, "invalid token")
+            self._refuse(POLICY_VIOLATION, "invalid token")
+            return
+        if not token.origins and not self._origin_allowed:
+            # Let in for a token pinned to this origin, but this token is not.
+            failures.spend(self._address)
+            self._refuse(POLICY_VIOLATION, "origin mismatch for this token")
+            return
+        if self.factory.authenticated_sessions() >= self.factory.budgets.max_sessions:
+            self.config.metrics.session_refused("capacity")
+            self._refuse(TRY_AGAIN_LATER, "too many sessions")
             return
         self._authenticated = True
         self.identity = token.identity
         self._permissions = frozenset(token.permissions)
+        self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
+        self.maxFramePayloadSize = self.factory.maxFramePayloadSize
+        self.factory.admission.release(self._admission_key)
+        self._pending = None
         self._write_message(encode_ack(True))
         self.config.metrics.session_started()
         log.info(
             "session of {identity} from {peer} started",
-            identity=self.identity,
+            identity=printable(self.identity),
             peer=self._peer_name,
             session=self.session_id,
         )
+        if self.config.idle_timeout:
+            self._last_message = self.reactor.seconds()
+            self._idle_timer = self.reactor.callLater(self.config.idle_timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Close the session once it has had no socket and no message for the idle timeout."""
+        timeout = self.config.idle_timeout
+        quiet = self.reactor.seconds() - self._last_message
+        if quiet < timeout or self.sockets_in_use:
+            self._idle_timer = self.reactor.callLater(
+                timeout - quiet if quiet < timeout else timeout, self._idle_check
+            )
+            return
+        self._idle_timer = None
+        self._fail(GOING_AWAY, "idle timeout")
 
     def _dispatch(self, payload: bytes) -> None:
         message = decode_base(payload)
@@ -438,12 +597,21 @@ class SessionFactory(WebSocketServerFactory):
         self.trimmer = HeapTrimmer(reactor)
         self.session_ids = itertools.count(1)
         config.metrics.watch_sessions(self.sessions)
+        #: Connections without a session yet (shared with the Site's HTTP channels).
+        self.admission = PendingConnections(
+            reactor, config.max_pending, config.max_pending_per_address
+        )
+        #: Failed handshakes per client address.
+        self.failures = RateBudget(reactor, config.failed_handshakes_per_minute)
+        #: Bounds the log lines clients can cause before they are authenticated.
+        self.log_budget = LogBudget(reactor)
         self.setProtocolOptions(
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,
             openHandshakeTimeout=config.handshake_timeout,
             closeHandshakeTimeout=1.0,
-            autoPingInterval=0,
+            autoPingInterval=config.keepalive_interval,
+            autoPingTimeout=config.keepalive_timeout,
             webStatus=False,
             # Protocol errors Autobahn finds itself (an oversize message: 1009,
             # a bad frame: 1002) close with that code and a reason (B.2), not
@@ -457,6 +625,10 @@ class SessionFactory(WebSocketServerFactory):
         Sessions may never open the daemon's own endpoints.
         """
         self.budgets.own_endpoints.add(address)
+
+    def authenticated_sessions(self) -> int:
+        """Sessions whose token was accepted (what ``max_sessions`` counts)."""
+        return sum(1 for session in self.sessions if session._authenticated)
 
     def websocket_resource(self) -> WebSocketResource:
         """A ``twisted.web`` resource serving this factory's sessions (mount it at ``/ws``)."""

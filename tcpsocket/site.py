@@ -22,7 +22,10 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
+from tcpsocket.httplimits import LimitedHTTPChannel, MisdirectedResource
+from tcpsocket.logtext import printable
 from tcpsocket.observability import Access, observability_children
+from tcpsocket.origins import host_allowed
 from tcpsocket.reload import apply_reload
 from tcpsocket.session import SessionFactory
 from tcpsocket.web import ApiV1Resource, DemoResource
@@ -61,12 +64,24 @@ def build_root(sessions: SessionFactory, observability: Access | None = LOCAL_ON
 
 
 class TcpSocketSite(Site):
-    """A ``Site`` serving the daemon; :attr:`session_factory` knows the live sessions."""
+    """A ``Site`` serving the daemon; :attr:`session_factory` knows the live sessions.
+
+    Its HTTP connections are :class:`LimitedHTTPChannel`\\ s (no request
+    bodies, header deadline, pending-connection caps), and a request for a
+    ``Host`` the daemon does not serve gets 421 (:mod:`tcpsocket.origins`).
+    """
+
+    # A plain HTTP/1.1 channel (no HTTP/2 negotiation wrapper): sessions are HTTP/1.1 upgrades.
+    protocol = LimitedHTTPChannel  # type: ignore[assignment]
 
     def __init__(
         self, config: ServerConfig, reactor: Any = None, observability: Access | None = LOCAL_ONLY
     ) -> None:
         self.session_factory = SessionFactory(config, reactor)
+        self.config = config
+        #: Connections without a session, shared with the session factory.
+        self.admission = self.session_factory.admission
+        self.log_budget = self.session_factory.log_budget
         # An HTTP connection that says nothing for the handshake timeout is
         # closed (a WebSocket session is not idle HTTP: it is unaffected).
         super().__init__(
@@ -74,6 +89,20 @@ class TcpSocketSite(Site):
             timeout=config.handshake_timeout,
             reactor=self.session_factory.reactor,
         )
+
+    def getResourceFor(self, request: Any) -> Any:
+        """The resource for ``request``, or a 421 if its ``Host`` is not served here."""
+        host = request.getHeader(b"host")
+        local = getattr(request.getHost(), "host", None)
+        if not host_allowed(self.config, None if host is None else host.decode("latin-1"), local):
+            self.log_budget.warn(
+                log,
+                "refused request from {peer}: Host {host} is not served here",
+                peer=printable(getattr(request.getClientAddress(), "host", "local")),
+                host=printable(host),
+            )
+            return MisdirectedResource()
+        return super().getResourceFor(request)
 
     def listening_on(self, address: IAddress) -> None:
         """Tell the daemon it listens at ``address`` (a port's ``getHost()``).

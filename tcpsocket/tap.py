@@ -47,6 +47,16 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not 0 <= number < float("inf"):
+        raise ValueError("must not be negative")
+    return number
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -64,7 +74,9 @@ class Options(usage.Options):
     longdesc = (
         "Serve raw TCP client sockets to web and Python apps over a session WebSocket at "
         "/ws, with the JavaScript library under /api/v1/ and a demo page at /. "
-        f"Tokens come from ${TOKEN_VARIABLE}, --token and --tokens-file; at least one is needed."
+        f"Tokens come from ${TOKEN_VARIABLE}, --token and --tokens-file; at least one is needed. "
+        "Web pages of other origins need --origin; other host names need --server-name "
+        "(doc/security.md)."
     )
 
     optFlags = [
@@ -105,8 +117,8 @@ class Options(usage.Options):
             "handshake-timeout",
             None,
             10.0,
-            "Seconds a client has for the WebSocket and session handshakes "
-            "(and an idle HTTP connection is kept).",
+            "Seconds from TCP accept to the session ack (WebSocket upgrade and token); also the "
+            "deadline of each HTTP request's headers, and how long idle HTTP is kept.",
             _positive_float,
         ],
         [
@@ -149,7 +161,8 @@ class Options(usage.Options):
             "session-buffer",
             None,
             256 * 1024,
-            "Bytes queued towards a client above which its remotes stop being read.",
+            "Bytes queued towards a client above which its remotes, and its own requests, "
+            "stop being read.",
             _positive_int,
         ],
         [
@@ -182,6 +195,71 @@ class Options(usage.Options):
             _positive_int,
         ],
         ["max-lookups", None, 32, "Name lookups in progress at once in all.", _positive_int],
+        [
+            "used-tokens-file",
+            None,
+            None,
+            "File recording the single-use tokens consumed (SHA-256 digests), so that they "
+            "stay used across restarts; created if missing.",
+        ],
+        [
+            "handshake-message-size",
+            None,
+            4096,
+            "Largest WebSocket message before the token is accepted, in bytes.",
+            _positive_int,
+        ],
+        [
+            "max-pending",
+            None,
+            512,
+            "Connections without a session (HTTP, or WebSocket before its token) allowed; "
+            "over it, the oldest is dropped.",
+            _positive_int,
+        ],
+        [
+            "max-pending-per-address",
+            None,
+            128,
+            "Connections without a session allowed per client address; over it, that "
+            "address's oldest is dropped.",
+            _positive_int,
+        ],
+        [
+            "failed-handshakes-per-minute",
+            None,
+            30,
+            "Failed session handshakes allowed per client address and minute.",
+            _positive_int,
+        ],
+        [
+            "pings-per-minute",
+            None,
+            60,
+            "WebSocket pings a client may send per minute; more closes its connection (1008).",
+            _positive_int,
+        ],
+        [
+            "keepalive-interval",
+            None,
+            30.0,
+            "Seconds between pings to a quiet client (0: no pings).",
+            _non_negative_float,
+        ],
+        [
+            "keepalive-timeout",
+            None,
+            20.0,
+            "Seconds a client has to answer a ping before its connection is dropped.",
+            _positive_float,
+        ],
+        [
+            "idle-timeout",
+            None,
+            600.0,
+            "Seconds a session with no socket open may stay silent before it is closed (0: never).",
+            _non_negative_float,
+        ],
     ]
 
     def __init__(self) -> None:
@@ -191,6 +269,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["token"] = []
         self["allow"] = []
+        self["origin"] = []
+        self["server-name"] = []
         name_coercions(self)
 
     def opt_version(self) -> None:
@@ -223,8 +303,19 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def opt_token(self, value: str) -> None:
-        """A session token granting tcp-socket (repeatable)."""
+        """A session token granting tcp-socket (repeatable, 16+ chars; shows in `ps`)."""
         self["token"].append(value)
+
+    def opt_origin(self, origin: str) -> None:
+        """A web origin allowed to open sessions, e.g. 'https://app.example' (repeatable;
+        '*': any). Pages the daemon serves itself and clients sending no Origin are always
+        allowed."""
+        self["origin"].append(origin)
+
+    def opt_server_name(self, name: str) -> None:
+        """A host name the daemon is reached by, besides localhost and its addresses
+        (repeatable; '*': any). Other Host headers get 421 (DNS rebinding)."""
+        self["server-name"].append(name)
 
     def opt_allow(self, rule: str) -> None:
         self._rule(rule, allow=True)
@@ -248,9 +339,9 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     def postOptions(self) -> None:
-        tokens = TokenStore()
         environment = os.environ.get(TOKEN_VARIABLE)
         try:
+            tokens = TokenStore(used_tokens_file=self["used-tokens-file"])
             if environment:
                 tokens.add(Token(environment))
             for value in self["token"]:
@@ -275,6 +366,14 @@ class Options(usage.Options):
                     "high-water-mark",
                     "max-send-buffer",
                     "session-buffer",
+                    "handshake-message-size",
+                    "max-pending",
+                    "max-pending-per-address",
+                    "failed-handshakes-per-minute",
+                    "pings-per-minute",
+                    "keepalive-interval",
+                    "keepalive-timeout",
+                    "idle-timeout",
                     "max-sockets",
                     "max-session-send-buffer",
                     "max-total-send-buffer",
@@ -283,6 +382,8 @@ class Options(usage.Options):
                     "max-lookups",
                 )
             }
+            config_values["allowed_origins"] = frozenset(self["origin"])
+            config_values["server_names"] = frozenset(self["server-name"])
             config_values["policy"] = DestinationPolicy(
                 self["allow"], {k: v for k, v in per_identity.items() if v}
             )

@@ -16,11 +16,11 @@ bytes and runs due timers until everything is quiet (``StubTreq.flush`` in
 treq): a coroutine run with ``ensureDeferred`` gets as far as it can without
 the clock moving::
 
-    daemon = MemoryDaemon(tokens=["secret"])
+    daemon = MemoryDaemon(tokens=["app-secret-for-tests"])
     daemon.add_remote("imap.example", 143, IMAPServerFactory())
 
     async def scenario() -> bytes:
-        session = await daemon.session("secret")
+        session = await daemon.session("app-secret-for-tests")
         ...
 
     d = ensureDeferred(scenario())
@@ -456,7 +456,7 @@ class MemoryDaemon:
         clock: Clock | None = None,
     ) -> None:
         if isinstance(tokens, str):
-            raise TypeError("tokens is a list of tokens, e.g. tokens=['secret']")
+            raise TypeError("tokens is a list of tokens, e.g. tokens=['app-secret-for-tests']")
         tokens = list(tokens)
         if config is None:
             store = TokenStore(t if isinstance(t, Token) else Token(t) for t in tokens)

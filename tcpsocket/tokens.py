@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from tcpsocket.interfaces import IToken, ITokenStore
 from tcpsocket.messages import PERMISSION
 from tcpsocket.policy import Rule
 
+log = Logger()
+
 #: The identity of the token taken from ``WS_RUNTIME_TOKEN``.
 DESKTOP_IDENTITY = "desktop"
+#: Shortest token accepted: 16 characters (from ``secrets.token_urlsafe(12)`` up).
+MIN_TOKEN_LENGTH = 16
+#: How to make a good token, for error messages.
+TOKEN_ADVICE = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 
 @implementer(IToken)
@@ -45,12 +53,23 @@ def _digest(value: str) -> bytes:
 
 @implementer(ITokenStore)
 class TokenStore:
-    """An in-memory set of tokens; single-use tokens are removed when used."""
+    """An in-memory set of tokens, and the record of the single-use tokens consumed.
 
-    def __init__(self, tokens: Iterable[Token] = ()) -> None:
+    A single-use token stays in the set once used; its digest goes into the
+    consumption record, which outlives any change of the set of tokens.  With
+    ``used_tokens_file``, the record is also kept in that file (one hex
+    SHA-256 digest per line, appended and synced before the session is
+    accepted), so a used token stays used across restarts.
+    """
+
+    def __init__(
+        self, tokens: Iterable[Token] = (), used_tokens_file: str | Path | None = None
+    ) -> None:
         self._tokens: dict[bytes, Token] = {}
-        #: Digests of the single-use tokens already used: they never work again.
-        self._consumed: set[bytes] = set()
+        self._used: set[bytes] = set()
+        self._used_file = None if used_tokens_file is None else Path(used_tokens_file)
+        if self._used_file is not None:
+            self._used = _read_used(self._used_file)
         for token in tokens:
             self.add(token)
 
@@ -63,22 +82,24 @@ class TokenStore:
     def replace(self, tokens: Iterable[Token]) -> None:
         """Accept exactly ``tokens`` from now on (a reload), in one step.
 
-        Single-use tokens already consumed stay consumed, even if listed again.
+        Each is checked as :meth:`add` checks it; the record of used single-use
+        tokens is kept, so a used one stays used even if listed again.
         """
-        fresh: dict[bytes, Token] = {}
-        for token in tokens:
-            if not token.value:
-                raise ValueError("a token must not be empty")
-            key = _digest(token.value)
-            if key not in self._consumed:
-                fresh[key] = token
-        self._tokens = fresh
+        fresh = TokenStore(tokens)
+        self._tokens = fresh._tokens
 
     def add(self, token: Token) -> None:
-        """Accept ``token`` from now on."""
-        if not token.value:
-            raise ValueError("a token must not be empty")
+        """Accept ``token`` from now on (unless it is a single-use token already used)."""
+        if len(token.value) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"token of {token.identity!r} is too short: {len(token.value)} characters, "
+                f"at least {MIN_TOKEN_LENGTH} are needed; {TOKEN_ADVICE}"
+            )
         self._tokens[_digest(token.value)] = token
+
+    def origins(self) -> frozenset[str]:
+        """Every web origin some token is pinned to."""
+        return frozenset(origin for token in self._tokens.values() for origin in token.origins)
 
     def authenticate(self, value: str, origin: str | None = None) -> Token | None:
         key = _digest(value)
@@ -86,9 +107,44 @@ class TokenStore:
         if token is None or (token.origins and (origin or "").lower() not in token.origins):
             return None
         if token.single_use:
-            del self._tokens[key]
-            self._consumed.add(key)
+            if key in self._used:
+                return None
+            if self._used_file is not None:
+                try:
+                    _append_used(self._used_file, key)
+                except OSError as e:
+                    log.error(
+                        "single-use token of {identity} refused: cannot record it in {path}: "
+                        "{error}",
+                        identity=token.identity,
+                        path=str(self._used_file),
+                        error=str(e),
+                    )
+                    return None
+            self._used.add(key)
         return token
+
+
+def _read_used(path: Path) -> set[bytes]:
+    try:
+        lines = path.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read used-tokens file {path}: {e}") from None
+    try:
+        return {bytes.fromhex(line) for line in lines}
+    except ValueError:
+        raise ValueError(f"used-tokens file {path} holds a line that is not a hex digest") from None
+
+
+def _append_used(path: Path, key: bytes) -> None:
+    # Written and synced before the token is accepted: if this raises, the
+    # session is refused rather than the token left reusable after a restart.
+    with path.open("a", encoding="ascii") as file:
+        file.write(key.hex() + "\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def token_from_json(entry: Mapping[str, Any]) -> Token:

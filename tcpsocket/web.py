@@ -360,6 +360,8 @@ def _not_modified(request: Request, asset: StaticAsset) -> bool:
 
 def _cors(request: Request) -> None:
     request.setHeader(b"access-control-allow-origin", b"*")
+    # Pages never leak their URL (which may carry a token) to the sites they link to.
+    request.setHeader(b"referrer-policy", b"no-referrer")
 
 
 def _without_body(request: Request, code: int) -> int:

@@ -28,8 +28,8 @@ from tcpsocket.policy import DestinationPolicy
 from tcpsocket.site import build_site
 from tcpsocket.tokens import Token, TokenStore
 
-TOKEN = "secrettoken"
-NO_PERMISSION_TOKEN = "no-permission"
+TOKEN = "change-this-secret-token"
+NO_PERMISSION_TOKEN = "no-permission-token"
 
 
 def temp_dir(test: Any) -> Path:
@@ -121,7 +121,8 @@ def open_sockets() -> int:
 
 
 def test_config(**overrides: Any) -> ServerConfig:
-    """A config with the test tokens, whose policy allows loopback (and only loopback)."""
+    """A config with the test tokens, whose policy allows loopback (and only loopback);
+    web pages of any origin may connect."""
     tokens = TokenStore(
         [Token(TOKEN, "test"), Token(NO_PERMISSION_TOKEN, "nobody", permissions=frozenset())]
     )
@@ -129,6 +130,7 @@ def test_config(**overrides: Any) -> ServerConfig:
         "tokens": tokens,
         "policy": DestinationPolicy(LOOPBACK_RULES),
         "resolver": LOCALHOST,
+        "allowed_origins": frozenset({"*"}),
     }
     values.update(overrides)
     return ServerConfig(**values)

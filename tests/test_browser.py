@@ -245,8 +245,8 @@ sessionstate.onsessiondisconnected = function () {
   console.log(`TcpSocketManager onsessiondisconnected Daemon Crashed`);
 };
 
-// On desktop version, set ENV WS_RUNTIME_TOKEN=secrettoken
-session.open('websocket', 'localhost', 'secrettoken', sessionstate, true);
+// On desktop version, set ENV WS_RUNTIME_TOKEN=change-this-secret-token
+session.open('websocket', 'localhost', 'change-this-secret-token', sessionstate, true);
 """
 
 
@@ -705,7 +705,7 @@ class ReconnectTests(BrowserTestCase):
         track_connections(self, listening)
         self.site = first
         page = await self.harness_page(daemon_port=number)
-        await self.js(page, "() => { T.open('localhost', 'secrettoken', true); }")
+        await self.js(page, "() => { T.open('localhost', 'change-this-secret-token', true); }")
         await self.wait_js(page, "() => T.connected === 1")
         self.assertEqual(await self.js(page, "() => T.getManager()"), {"ok": 1})
         index = await self.open_socket(page, echo_port, [1])

@@ -33,7 +33,7 @@ class GracefulRestartTests(BrowserTestCase):
         first = await self.start_service(number)
         self.site = first.site
         page = await self.harness_page(daemon_port=number)
-        await self.js(page, "() => { T.open('localhost', 'secrettoken', true); }")
+        await self.js(page, "() => { T.open('localhost', 'change-this-secret-token', true); }")
         await self.wait_js(page, "() => T.connected === 1")
         self.assertEqual(await self.js(page, "() => T.getManager()"), {"ok": 1})
         index = await self.open_socket(page, echo_port, [1])

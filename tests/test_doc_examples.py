@@ -95,7 +95,7 @@ class DocsPrintFilesTests(SynchronousTestCase):
 
     def test_scripts_share_the_venv(self) -> None:
         command = (EXAMPLES / "quickstart.sh").read_text().strip()
-        self.assertEqual(command, "WS_RUNTIME_TOKEN=secrettoken bash scripts/serve")
+        self.assertEqual(command, "WS_RUNTIME_TOKEN=change-this-secret-token bash scripts/serve")
         serve = (ROOT / "scripts" / "serve").read_text()
         test = (ROOT / "scripts" / "test").read_text()
         self.assertIn(". scripts/venv\nvenv_install .\n", serve)
@@ -147,7 +147,7 @@ class QuickstartTests(TestCase):
         self.assertEqual(twistd, ".venv/bin/twistd")
         args = [a for a in args if a != '"$@"']
         twistd_cmd = " ".join(shlex.quote(a) for a in TWISTD_CMD)
-        daemon = f"WS_RUNTIME_TOKEN=secrettoken {twistd_cmd} {' '.join(args)}"
+        daemon = f"WS_RUNTIME_TOKEN=change-this-secret-token {twistd_cmd} {' '.join(args)}"
         script = (
             "ip link set lo up && "
             f"{{ {daemon} > daemon.log 2>&1 & }} && "

@@ -45,7 +45,7 @@ async def echo_through(test: TestCase, client: RawClient, token: str) -> None:
 class EmbedSiteTests(TestCase):
     async def test_site_example(self) -> None:
         example: dict[str, Any] = runpy.run_path(str(EXAMPLES / "embed_site.py"))
-        site, sessions = example["build_app_site"]("app-token", reactor)
+        site, sessions = example["build_app_site"]("app-token-0123456789", reactor)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         sessions.listening_on(port.getHost())
         self.addCleanup(port.stopListening)
@@ -60,7 +60,7 @@ class EmbedSiteTests(TestCase):
         self.assertEqual(response.code, 200)
         await readBody(response)
 
-        await echo_through(self, await raw_client(self, number), "app-token")
+        await echo_through(self, await raw_client(self, number), "app-token-0123456789")
 
 
 class EmbedServiceTests(TestCase):
@@ -69,9 +69,9 @@ class EmbedServiceTests(TestCase):
         example: dict[str, Any] = runpy.run_path(
             str(EXAMPLES / "embed_service.tac"), run_name="example"
         )
-        services = example["make_services"]("app-token", [f"unix:{path}"])
+        services = example["make_services"]("app-token-0123456789", [f"unix:{path}"])
         self.assertTrue(IServiceCollection.providedBy(services))
         services.startService()
         self.addCleanup(services.stopService)
         client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        await echo_through(self, client, "app-token")
+        await echo_through(self, client, "app-token-0123456789")

@@ -44,31 +44,41 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("--token", str(caught.exception))
 
     def test_environment_token(self) -> None:
-        config = parse(environ={"WS_RUNTIME_TOKEN": "secrettoken"})["config"]
-        token = config.tokens.authenticate("secrettoken")
+        config = parse(environ={"WS_RUNTIME_TOKEN": "change-this-secret-token"})["config"]
+        token = config.tokens.authenticate("change-this-secret-token")
         self.assertEqual((token.identity, token.permissions), ("desktop", {"tcp-socket"}))
         self.assertIsNone(config.tokens.authenticate("other"))
 
     def test_token_options_repeat(self) -> None:
-        config = parse("--token", "a", "--token", "b")["config"]
-        self.assertIsNotNone(config.tokens.authenticate("a"))
-        self.assertIsNotNone(config.tokens.authenticate("b"))
+        config = parse("--token", "a" * 16, "--token", "b" * 16)["config"]
+        self.assertIsNotNone(config.tokens.authenticate("a" * 16))
+        self.assertIsNotNone(config.tokens.authenticate("b" * 16))
 
     def test_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
         path.write_text(
             json.dumps(
                 [
-                    {"token": "once", "identity": "app.example", "single_use": True},
-                    {"token": "none", "identity": "viewer", "permissions": []},
+                    {"token": "once" * 4, "identity": "app.example", "single_use": True},
+                    {"token": "none" * 4, "identity": "viewer", "permissions": []},
                 ]
             )
         )
         config = parse("--tokens-file", str(path))["config"]
-        once = config.tokens.authenticate("once")
+        once = config.tokens.authenticate("once" * 4)
         self.assertEqual(once.identity, "app.example")
-        self.assertIsNone(config.tokens.authenticate("once"), "single-use tokens are consumed")
-        self.assertEqual(config.tokens.authenticate("none").permissions, frozenset())
+        self.assertIsNone(config.tokens.authenticate("once" * 4), "single-use tokens are consumed")
+        self.assertEqual(config.tokens.authenticate("none" * 4).permissions, frozenset())
+
+    def test_used_tokens_file_survives_restart(self) -> None:
+        directory = temp_dir(self)
+        tokens = directory / "tokens.json"
+        tokens.write_text(json.dumps([{"token": "once" * 4, "single_use": True}]))
+        used = str(directory / "used")
+        args = ("--tokens-file", str(tokens), "--used-tokens-file", used)
+        self.assertIsNotNone(parse(*args)["config"].tokens.authenticate("once" * 4))
+        restarted = parse(*args)["config"].tokens
+        self.assertIsNone(restarted.authenticate("once" * 4), "used before the restart")
 
     def test_bad_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
@@ -84,7 +94,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parse, "--tokens-file", str(path) + ".missing")
 
     def test_defaults(self) -> None:
-        options = parse("--token", "t")
+        options = parse("--token", "t" * 16)
         config = options["config"]
         self.assertEqual(options["listen"], [DEFAULT_LISTEN])
         self.assertEqual(DEFAULT_LISTEN, "tcp:8081:interface=127.0.0.1")
@@ -103,7 +113,7 @@ class OptionsTests(SynchronousTestCase):
     def test_limits_and_listen(self) -> None:
         options = parse(
             "--token",
-            "t",
+            "t" * 16,
             "--listen",
             "tcp:0",
             "--listen",
@@ -144,6 +154,64 @@ class OptionsTests(SynchronousTestCase):
             (2.5, 3.0, 4.0, 7, 9, 1000, 100, 200, 300),
         )
 
+    def test_front_door_options(self) -> None:
+        options = parse(
+            "--token",
+            "t" * 16,
+            "--origin",
+            "https://App.example",
+            "--origin",
+            "http://localhost:3000",
+            "--server-name",
+            "Daemon.Example.",
+            "--handshake-message-size",
+            "1024",
+            "--max-pending",
+            "50",
+            "--max-pending-per-address",
+            "5",
+            "--failed-handshakes-per-minute",
+            "3",
+            "--pings-per-minute",
+            "6",
+            "--keepalive-interval",
+            "0",
+            "--keepalive-timeout",
+            "2",
+            "--idle-timeout",
+            "0",
+        )
+        config = options["config"]
+        self.assertEqual(config.allowed_origins, {"https://app.example", "http://localhost:3000"})
+        self.assertEqual(config.server_names, {"daemon.example"})
+        self.assertEqual(
+            (
+                config.handshake_message_size,
+                config.max_pending,
+                config.max_pending_per_address,
+                config.failed_handshakes_per_minute,
+                config.pings_per_minute,
+                config.keepalive_interval,
+                config.keepalive_timeout,
+                config.idle_timeout,
+            ),
+            (1024, 50, 5, 3, 6, 0.0, 2.0, 0.0),
+        )
+        defaults = parse("--token", "t" * 16)["config"]
+        self.assertEqual((defaults.allowed_origins, defaults.server_names), (set(), set()))
+
+    def test_short_token_refused_in_one_line(self) -> None:
+        for args, environ in (
+            (("--token", "short"), {}),
+            ((), {"WS_RUNTIME_TOKEN": "x"}),
+        ):
+            with self.assertRaises(usage.UsageError) as caught:
+                parse(*args, environ=environ)
+            message = str(caught.exception)
+            self.assertIn("too short", message)
+            self.assertIn("at least 16", message)
+            self.assertNotIn("\n", message)
+
     def test_bad_values(self) -> None:
         for args in (
             ("--connect-timeout", "0"),
@@ -158,12 +226,12 @@ class OptionsTests(SynchronousTestCase):
             ("--deny", "256.1.1.1:*"),
             ("--max-lookups", "0"),
         ):
-            self.assertRaises(usage.UsageError, parse, "--token", "t", *args)
+            self.assertRaises(usage.UsageError, parse, "--token", "t" * 16, *args)
 
     def test_allow_rules(self) -> None:
         policy = parse(
             "--token",
-            "t",
+            "t" * 16,
             "--allow",
             "*.example.org:993,143",
             "--allow",
@@ -183,7 +251,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsNone(policy.check_address("", "intranet", "10.1.1.1", 22))
 
     def test_make_service(self) -> None:
-        service = makeService(parse("--token", "t", "--listen", "tcp:0", "--listen", "tcp:0"))
+        service = makeService(parse("--token", "t" * 16, "--listen", "tcp:0", "--listen", "tcp:0"))
         self.assertIsInstance(service, TcpSocketService)
         children = list(service)
         self.assertEqual(len([c for c in children if isinstance(c, HangupReload)]), 1)
@@ -237,6 +305,18 @@ class TwistdTests(TestCase):
             "--metrics-listen",
             "--metrics-token",
             "--version",
+            "--origin",
+            "--server-name",
+            "--used-tokens-file",
+            "--handshake-message-size",
+            "--max-pending",
+            "--max-pending-per-address",
+            "--failed-handshakes-per-minute",
+            "--pings-per-minute",
+            "--keepalive-interval",
+            "--keepalive-timeout",
+            "--idle-timeout",
+            "shows in `ps`",
             "WS_RUNTIME_TOKEN",
         ):
             self.assertIn(option, text)

@@ -34,7 +34,7 @@ from tests import support
 
 T = TypeVar("T")
 
-TOKEN = "secret"
+TOKEN = "app-secret-for-tests"
 
 # -- remotes -------------------------------------------------------------------
 

@@ -9,35 +9,75 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tcpsocket.config import ServerConfig
 from tcpsocket.messages import encode_handshake
 from tcpsocket.site import build_site
-from tcpsocket.tokens import Token, TokenStore, token_from_json
-from tests.support import raw_client_on
+from tcpsocket.tokens import MIN_TOKEN_LENGTH, Token, TokenStore, token_from_json
+from tests.support import raw_client_on, temp_dir
+
+ABC = "abc-0123456789abcdef"
+ONCE = "once-0123456789abcdef"
+WEB = "web-0123456789abcdef"
 
 
 class TokenStoreTests(SynchronousTestCase):
     def test_unknown_and_empty(self) -> None:
-        store = TokenStore([Token("abc")])
-        self.assertIsNone(store.authenticate("abd"))
+        store = TokenStore([Token(ABC)])
+        self.assertIsNone(store.authenticate(ABC[:-1] + "0"))
         self.assertIsNone(store.authenticate(""))
         self.assertRaises(ValueError, store.add, Token(""))
 
+    def test_minimum_length(self) -> None:
+        store = TokenStore()
+        with self.assertRaises(ValueError) as caught:
+            store.add(Token("x" * (MIN_TOKEN_LENGTH - 1), identity="app"))
+        self.assertIn("'app' is too short: 15 characters, at least 16", str(caught.exception))
+        store.add(Token("x" * MIN_TOKEN_LENGTH))
+        self.assertEqual(len(store), 1)
+
     def test_single_use(self) -> None:
-        store = TokenStore([Token("once", single_use=True)])
-        self.assertIsNotNone(store.authenticate("once"))
-        self.assertIsNone(store.authenticate("once"))
+        store = TokenStore([Token(ONCE, single_use=True)])
+        self.assertIsNotNone(store.authenticate(ONCE))
+        self.assertIsNone(store.authenticate(ONCE))
+
+    def test_single_use_stays_used_when_added_again(self) -> None:
+        store = TokenStore([Token(ONCE, single_use=True)])
+        self.assertIsNotNone(store.authenticate(ONCE))
+        store.add(Token(ONCE, single_use=True))
+        self.assertIsNone(store.authenticate(ONCE), "the consumption record outlives the set")
+
+    def test_single_use_stays_used_across_restarts(self) -> None:
+        path = temp_dir(self) / "used-tokens"
+        first = TokenStore([Token(ONCE, single_use=True), Token(ABC)], used_tokens_file=path)
+        self.assertIsNotNone(first.authenticate(ONCE))
+        self.assertIsNotNone(first.authenticate(ABC))
+        self.assertEqual(len(path.read_text().split()), 1, "only single-use tokens are recorded")
+        self.assertNotIn(ONCE, path.read_text(), "digests, not tokens, are stored")
+        restarted = TokenStore([Token(ONCE, single_use=True)], used_tokens_file=path)
+        self.assertIsNone(restarted.authenticate(ONCE))
+
+    def test_unwritable_record_refuses_single_use(self) -> None:
+        path = temp_dir(self) / "missing-dir" / "used-tokens"
+        store = TokenStore([Token(ONCE, single_use=True)], used_tokens_file=path)
+        self.assertIsNone(store.authenticate(ONCE), "not accepted unless recorded")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_corrupt_record_refused(self) -> None:
+        path = temp_dir(self) / "used-tokens"
+        path.write_text("not hex\n")
+        self.assertRaises(ValueError, TokenStore, [], used_tokens_file=path)
 
     def test_origins(self) -> None:
-        pinned = Token("web", origins=frozenset({"https://Mail.Example"}), single_use=True)
+        pinned = Token(WEB, origins=frozenset({"https://Mail.Example"}), single_use=True)
         store = TokenStore([pinned])
-        self.assertIsNone(store.authenticate("web"), "no Origin header")
-        self.assertIsNone(store.authenticate("web", "https://evil.example"))
-        self.assertIsNotNone(store.authenticate("web", "https://mail.example"))
-        self.assertIsNone(store.authenticate("web", "https://mail.example"), "consumed")
+        self.assertEqual(store.origins(), {"https://mail.example"})
+        self.assertIsNone(store.authenticate(WEB), "no Origin header")
+        self.assertIsNone(store.authenticate(WEB, "https://evil.example"))
+        self.assertIsNotNone(store.authenticate(WEB, "https://mail.example"))
+        self.assertIsNone(store.authenticate(WEB, "https://mail.example"), "consumed")
 
     def test_wrong_origin_does_not_consume(self) -> None:
-        pinned = Token("web", origins=frozenset({"https://a.example"}), single_use=True)
+        pinned = Token(WEB, origins=frozenset({"https://a.example"}), single_use=True)
         store = TokenStore([pinned])
-        self.assertIsNone(store.authenticate("web", "https://b.example"))
-        self.assertIsNotNone(store.authenticate("web", "https://a.example"))
+        self.assertIsNone(store.authenticate(WEB, "https://b.example"))
+        self.assertIsNotNone(store.authenticate(WEB, "https://a.example"))
 
     def test_from_json(self) -> None:
         token = token_from_json({"token": "t", "origins": ["https://A.example"]})
@@ -47,7 +87,7 @@ class TokenStoreTests(SynchronousTestCase):
 
 class OriginSessionTests(TestCase):
     async def handshake(self, origin: str | None) -> bytes:
-        tokens = TokenStore([Token("web", origins=frozenset({"https://app.example"}))])
+        tokens = TokenStore([Token(WEB, origins=frozenset({"https://app.example"}))])
         site = build_site(ServerConfig(tokens=tokens))
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
@@ -58,7 +98,7 @@ class OriginSessionTests(TestCase):
             f"ws://127.0.0.1:{number}/ws",
             origin=origin,
         )
-        client.send(encode_handshake("web"))
+        client.send(encode_handshake(WEB))
         ack = await client.next()
         assert isinstance(ack, bytes)
         if ack == b"\x00":
@@ -69,5 +109,10 @@ class OriginSessionTests(TestCase):
     async def test_matching_origin(self) -> None:
         self.assertEqual(await self.handshake("https://app.example"), b"\x01")
 
-    async def test_other_origin_refused(self) -> None:
-        self.assertEqual(await self.handshake("https://evil.example"), b"\x00")
+    async def test_other_origin_refused_at_upgrade(self) -> None:
+        with self.assertRaises(ConnectionError) as caught:
+            await self.handshake("https://evil.example")
+        self.assertIn("403", str(caught.exception))
+
+    async def test_no_origin_refused_by_pinned_token(self) -> None:
+        self.assertEqual(await self.handshake(None), b"\x00")

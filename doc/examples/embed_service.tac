@@ -20,6 +20,6 @@ def make_services(token: str, listen: list[str]) -> MultiService:
 
 application = Application("my-app")
 make_services(
-    os.environ.get("APP_TOKEN", "secrettoken"),
+    os.environ.get("APP_TOKEN", "change-this-secret-token"),
     [os.environ.get("APP_LISTEN", "tcp:8081:interface=127.0.0.1")],
 ).setServiceParent(application)

@@ -3,7 +3,7 @@
 Your application keeps its own resources; tcpsocket adds ``/ws`` (the session
 WebSocket) and ``/api/v1/`` (the JavaScript library).  Run it with::
 
-    APP_TOKEN=secrettoken python doc/examples/embed_site.py
+    APP_TOKEN=change-this-secret-token python doc/examples/embed_site.py
 
 then open http://127.0.0.1:8080/ and load the scripts from /api/v1/.
 """

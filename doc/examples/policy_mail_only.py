@@ -10,4 +10,4 @@ class MailOnly:
         return None if port in (143, 993, 587) else "only mail ports"
 
 
-config = ServerConfig(tokens=TokenStore([Token("secrettoken")]), policy=MailOnly())
+config = ServerConfig(tokens=TokenStore([Token("change-this-secret-token")]), policy=MailOnly())

@@ -7,7 +7,7 @@ from twisted.protocols.basic import LineReceiver
 from tcpsocket.client import Session, TcpSocketClientEndpoint
 
 URL = os.environ.get("TCPSOCKET_URL", "ws://127.0.0.1:8081/ws")
-TOKEN = os.environ.get("WS_RUNTIME_TOKEN", "secrettoken")
+TOKEN = os.environ.get("WS_RUNTIME_TOKEN", "change-this-secret-token")
 
 
 class Chat(LineReceiver):

@@ -5,7 +5,7 @@ from twisted.internet import defer, task
 from tcpsocket.client import CLOSE_EVENT, DATA_EVENT, Session, TcpSocketManager
 
 URL = os.environ.get("TCPSOCKET_URL", "ws://127.0.0.1:8081/ws")
-TOKEN = os.environ.get("WS_RUNTIME_TOKEN", "secrettoken")
+TOKEN = os.environ.get("WS_RUNTIME_TOKEN", "change-this-secret-token")
 
 
 async def main(reactor):

@@ -1,1 +1,1 @@
-WS_RUNTIME_TOKEN=secrettoken bash scripts/serve
+WS_RUNTIME_TOKEN=change-this-secret-token bash scripts/serve
