@@ -33,6 +33,10 @@ class Waiter(Protocol):
         """Deliver one DATA event (and the events up to the next one); whether more waits."""
 
 
+def _not_reading(reading: bool) -> None:
+    """What a stopped :class:`FairShare` does with the client: nothing."""
+
+
 @implementer(IPushProducer)
 class FairShare:
     """Round-robin turns on a congested WebSocket, registered as its push producer."""
@@ -74,5 +78,7 @@ class FairShare:
                 waiting[socket] = None
 
     def stopProducing(self) -> None:
+        """The WebSocket is gone: nobody waits, and the client is not read again."""
         self.congested = True
         self._waiting.clear()
+        self._read_client = _not_reading

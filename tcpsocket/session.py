@@ -80,6 +80,10 @@ TRY_AGAIN_LATER = 1013
 MAX_FRAGMENTS = 4096
 
 
+def _no_budget() -> None:
+    """The log budget of a session whose connection is gone: none."""
+
+
 class SessionProtocol(WebSocketServerProtocol):
     """One client session."""
 
@@ -333,6 +337,10 @@ class SessionProtocol(WebSocketServerProtocol):
         # them: a cycle that would keep the session (and the buffers of its
         # transport) until the garbage collector runs.
         self.is_open = self.is_closed = None
+        # So are the bound methods that the shared WebSocket's turns and the
+        # client log call back.
+        self._share.stopProducing()
+        self.log = ClientLog(log, _no_budget)
         self.factory.trimmer.session_ended(len(self.factory.sessions))
 
     def _how_it_ended(self, was_clean: bool, code: int | None, reason: str | None) -> str:

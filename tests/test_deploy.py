@@ -80,7 +80,7 @@ class SystemdTests(TestCase):
         daemon = spawn_process(self, [*activate, *TWISTD, *args], directory)
         session = await connect_when_up(f"ws://127.0.0.1:{port}/ws", daemon)
         await echo_round_trip(self, session)
-        await wait_until(lambda: b"closed after" in daemon.output, timeout=30)
+        await wait_until(lambda: b"closed by" in daemon.output, timeout=30)
         records = [
             json.loads(line) for line in daemon.output.decode().splitlines() if line.startswith("{")
         ]  # --json-logs, for the journal

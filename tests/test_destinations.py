@@ -288,8 +288,12 @@ class RuleTests(TestCase):
         _, other_port = await listen_remote(self, Echo)
         path = temp_dir(self) / "tokens.json"
         entries = [
-            {"token": "mail-token", "identity": "mail", "rules": [f"allow localhost:{mail_port}"]},
-            {"token": "ops-token", "identity": "ops", "rules": ["deny *:*"]},
+            {
+                "token": "mail-token-0123456789",
+                "identity": "mail",
+                "rules": [f"allow localhost:{mail_port}"],
+            },
+            {"token": "ops-token-0123456789", "identity": "ops", "rules": ["deny *:*"]},
             {"token": TOKEN, "identity": "plain"},
         ]
         path.write_text(json.dumps(entries))
@@ -299,13 +303,13 @@ class RuleTests(TestCase):
         _, port = await start_daemon(self, tokens=tokens, policy=policy, resolver=NameTable(NAMES))
         from tests.session_helpers import session
 
-        mail = await session(self, port, token="mail-token")
+        mail = await session(self, port, token="mail-token-0123456789")
         service = await mail.get_service()
         await echo_once(self, mail, service, "localhost", mail_port)
         await echo_once(self, mail, service, "127.0.0.1", other_port)  # the global rule
         self.assertIn("not allowed", await open_detail(mail, service, "127.0.0.1", mail_port))
 
-        ops = await session(self, port, token="ops-token")
+        ops = await session(self, port, token="ops-token-0123456789")
         service = await ops.get_service()
         detail = await open_detail(ops, service, "127.0.0.1", other_port)
         self.assertIn("denied by rule 'deny *:*'", detail)

@@ -168,6 +168,57 @@ class QuickstartTests(TestCase):
         self.assertNotIn("twistd.pid", output)
 
 
+class CommandExampleTests(TestCase):
+    """The docs' shell commands that start the daemon, run as printed, each in a network
+    namespace of its own (so that port 8081 is free), with this checkout's twistd."""
+
+    timeout = 120
+
+    async def serve_once(self, name: str, **env: str) -> str:
+        script = (
+            "ip link set lo up && "
+            f"{{ bash {shlex.quote(str(EXAMPLES / name))} > daemon.log 2>&1 & }} && "
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(POLL_HEALTH)}; status=$?; "
+            "kill %1; wait; cat daemon.log; exit $status"
+        )
+        bin_dir = os.path.dirname(sys.executable)
+        environment = dict(os.environ, PYTHONPATH=str(ROOT), **env)
+        environment["PATH"] = f"{bin_dir}:{environment['PATH']}"
+        out, err, code = await getProcessOutputAndValue(
+            "/usr/bin/unshare",
+            ["-n", "/bin/bash", "-c", script],
+            env=environment,
+            path=str(temp_dir(self)),
+        )
+        output = (out + err).decode()
+        self.assertEqual(code, 0, output)
+        self.assertTrue(output.startswith("ok\n"), output)
+        self.assertIn("TcpSocketSite starting on 8081", output)
+        return output
+
+    async def test_allow_rules(self) -> None:
+        await self.serve_once("allow_rules.sh", WS_RUNTIME_TOKEN="allow-rules-example-token")
+
+    async def test_desktop(self) -> None:
+        await self.serve_once("desktop.sh")
+
+
+class FuzzCommandTests(TestCase):
+    timeout = 300
+
+    async def test_fuzz_longer(self) -> None:
+        """The command that fuzzes longer, with a small count so that the suite stays short."""
+        environment = dict(os.environ, TCPSOCKET_FUZZ_EXAMPLES="3", PYTHONPATH=str(ROOT))
+        environment["PATH"] = f"{os.path.dirname(sys.executable)}:{environment['PATH']}"
+        out, err, code = await getProcessOutputAndValue(
+            "/bin/bash", [str(EXAMPLES / "fuzz_longer.sh")], env=environment, path=str(ROOT)
+        )
+        output = (out + err).decode()
+        self.assertEqual(code, 0, output)
+        self.assertIn("passed", output)
+        self.assertIn("hypothesis", output.lower())
+
+
 _NOT_COPIED = (".venv", ".git", "__pycache__", "*.egg-info", "build", ".mypy_cache", ".ruff_cache")
 
 
@@ -284,7 +335,7 @@ class DataExamplesTests(SynchronousTestCase):
 
     def test_tcpsocket_toml(self) -> None:
         options = Options()
-        argv = ["--token", "t", "--config", str(EXAMPLES / "tcpsocket.toml")]
+        argv = ["--token", "t" * 16, "--config", str(EXAMPLES / "tcpsocket.toml")]
         with mock_tokens_file():
             options.parseOptions(argv)
         self.assertEqual(options["listen"][0], "tcp:8081:interface=127.0.0.1")

@@ -7,7 +7,7 @@ so that the daemon's WebSocket transport pauses and resumes the session
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from tcpsocket.messages import Core, Event, ObjectRef, Reply
@@ -55,15 +55,18 @@ class CongestionTests(TestCase):
         client.raw.transport.pauseProducing()
         only(streaming.connections).start()
         await wait_until(lambda: session.congested)
-        # Now the client wants the closed socket's DATA and CLOSE: they stay queued.
+        # Now the client wants the closed socket's DATA and CLOSE. While it does not read,
+        # its requests are not read either (so replies cannot pile up): they wait.
         enabled = [
             client.request(0, 0, ObjectRef(Core.ENABLE_EVENT, service, closing_id, e).encode())
             for e in (Event.DATA, Event.CLOSE)
         ]
-        await wait_until(lambda: Event.CLOSE in closing._enabled)
+        await task.deferLater(reactor, 0.2, lambda: None)
         self.assertTrue(session.congested)
+        self.assertNotIn(Event.CLOSE, closing._enabled)
         self.assertEqual(closing.held_downstream, len(last_words))
-        # The client reads again: the drain delivers DATA then CLOSE, the session lives on.
+        # The client reads again: its requests are read, and the turns on the shared
+        # WebSocket deliver DATA then CLOSE (forgetting the socket), the session lives on.
         client.raw.transport.resumeProducing()
         await defer.gatherResults(enabled)
         stream = client.stream(service, closing_id)

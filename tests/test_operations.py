@@ -48,7 +48,7 @@ class ConfigFileTests(SynchronousTestCase):
         path = write(
             self,
             "# a comment\n"
-            'token = ["one", "two"]\n'
+            'token = ["token-number-one", "token-number-two"]\n'
             'listen = ["tcp:0", "unix:/tmp/t.sock"]\n'
             "max-sessions = 2\n"
             "connect-timeout = 2.5\n"
@@ -60,15 +60,17 @@ class ConfigFileTests(SynchronousTestCase):
         config = options["config"]
         self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/t.sock"])
         self.assertEqual((config.max_sessions, config.connect_timeout), (2, 2.5))
-        self.assertIsNotNone(config.tokens.authenticate("one"))
-        self.assertIsNotNone(config.tokens.authenticate("two"))
+        self.assertIsNotNone(config.tokens.authenticate("token-number-one"))
+        self.assertIsNotNone(config.tokens.authenticate("token-number-two"))
         self.assertIsNone(config.policy.check("", "imap.example.org", 993))
         self.assertIsNotNone(config.policy.check("", "imap.example.org", 25))
         self.assertTrue(options["json-logs"])
         self.assertEqual(options["metrics-token"], "m")
 
     def test_command_line_overrides(self) -> None:
-        path = write(self, 'token = "t"\nmax-sessions = 2\nlisten = ["tcp:1", "tcp:2"]\n')
+        path = write(
+            self, 'token = "tttttttttttttttt"\nmax-sessions = 2\nlisten = ["tcp:1", "tcp:2"]\n'
+        )
         options = parse("--max-sessions", "5", "--listen", "tcp:0", f"--config={path}")
         self.assertEqual(options["config"].max_sessions, 5)
         self.assertEqual(options["listen"], ["tcp:0"])
@@ -86,20 +88,34 @@ class ConfigFileTests(SynchronousTestCase):
                 """Deny a rule (repeatable)."""
                 self["deny"].append(rule)
 
-        path = write(self, 'token = "t"\nbudget = 9\nquiet = true\ndeny = ["a", "b"]\n')
+        path = write(
+            self, 'token = "tttttttttttttttt"\nbudget = 9\nquiet = true\ndeny = ["a", "b"]\n'
+        )
         options = Extended()
         options.parseOptions(["--config", path])
         self.assertEqual((options["budget"], options["quiet"], options["deny"]), (9, 1, ["a", "b"]))
 
     def test_errors_name_the_option_and_line(self) -> None:
         for text, expected in (
-            ('token = "t"\n\nmax-sessions = 0\n', "line 3: max-sessions: must be at least 1"),
-            ('token = "t"\nmax-sessions = "x"\n', "line 2: max-sessions: 'x' is not a whole"),
-            ('token = "t"\nno-such-thing = 1\n', "line 2: unknown option 'no-such-thing'"),
-            ('token = "t"\njson-logs = "yes"\n', "line 2: json-logs: is a flag"),
-            ('token = "t"\nmax-sessions = true\n', "line 2: max-sessions: must be a string"),
-            ('token = "t"\nallow = ["nocolon"]\n', "line 2: allow:"),
-            ('token = "t"\nconfig = "other.toml"\n', "unknown option 'config'"),
+            (
+                'token = "tttttttttttttttt"\n\nmax-sessions = 0\n',
+                "line 3: max-sessions: must be at least 1",
+            ),
+            (
+                'token = "tttttttttttttttt"\nmax-sessions = "x"\n',
+                "line 2: max-sessions: 'x' is not a whole",
+            ),
+            (
+                'token = "tttttttttttttttt"\nno-such-thing = 1\n',
+                "line 2: unknown option 'no-such-thing'",
+            ),
+            ('token = "tttttttttttttttt"\njson-logs = "yes"\n', "line 2: json-logs: is a flag"),
+            (
+                'token = "tttttttttttttttt"\nmax-sessions = true\n',
+                "line 2: max-sessions: must be a string",
+            ),
+            ('token = "tttttttttttttttt"\nallow = ["nocolon"]\n', "line 2: allow:"),
+            ('token = "tttttttttttttttt"\nconfig = "other.toml"\n', "unknown option 'config'"),
             ("token = \n", "--config"),
         ):
             path = write(self, text)
@@ -127,19 +143,23 @@ class OptionErrorTests(SynchronousTestCase):
             ),
         ):
             with self.assertRaises(usage.UsageError) as caught:
-                parse("--token", "t", *args)
+                parse("--token", "t" * 16, *args)
             self.assertEqual(str(caught.exception), expected)
 
     def test_listen_descriptions_are_checked(self) -> None:
         for description in ("bogus", "tcp:notaport", "tcp:8081:nonsense=1"):
             with self.assertRaises(usage.UsageError) as caught:
-                parse("--token", "t", "--listen", description)
+                parse("--token", "t" * 16, "--listen", description)
             self.assertIn(f"--listen {description!r}", str(caught.exception))
         with self.assertRaises(usage.UsageError):
-            parse("--token", "t", "--metrics-listen", "tcp:x")
+            parse("--token", "t" * 16, "--metrics-listen", "tcp:x")
 
     def test_duplicate_tokens_in_file(self) -> None:
-        path = write(self, json.dumps([{"token": "a"}, {"token": "b"}, {"token": "a"}]), "t.json")
+        path = write(
+            self,
+            json.dumps([{"token": "a" * 16}, {"token": "b" * 16}, {"token": "a" * 16}]),
+            "t.json",
+        )
         with self.assertRaises(ValueError) as caught:
             load_tokens_file(path)
         self.assertIn("entry 3 repeats the token of entry 1", str(caught.exception))
@@ -203,7 +223,7 @@ class TwistdErrorTests(TestCase):
         self.assertIn(expected, lines[0])
 
     async def test_bad_listen(self) -> None:
-        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t" * 16)
         await self.assertOneLine(
             "tcpsocket", "--listen", "bogus", expected="--listen 'bogus'", env=env
         )
@@ -212,7 +232,7 @@ class TwistdErrorTests(TestCase):
         )
 
     async def test_numbers_and_unknown_options(self) -> None:
-        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t" * 16)
         await self.assertOneLine(
             "tcpsocket",
             "--max-sessions",
@@ -227,7 +247,7 @@ class TwistdErrorTests(TestCase):
         await self.assertOneLine("tcpsocket", expected="no session token is set", env=env)
 
     async def test_tls_without_the_extra(self) -> None:
-        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t" * 16)
         output, code = await run_twistd_without_openssl(
             "-n", "tcpsocket", "--listen", "ssl:0:privateKey=k.pem", env=env
         )
@@ -241,7 +261,7 @@ class TwistdErrorTests(TestCase):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t" * 16)
         output, code = await run_twistd(
             "-n", "--pidfile=", "tcpsocket", "--listen", f"tcp:{port}:interface=127.0.0.1", env=env
         )
@@ -257,7 +277,7 @@ class TwistdErrorTests(TestCase):
         taken.listen()
         port = taken.getsockname()[1]
         cwd = temp_dir(self)
-        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t" * 16)
         output, code = await run_twistd(
             f"--pidfile={cwd}/t.pid",
             f"--logfile={cwd}/t.log",
@@ -316,7 +336,7 @@ class TwistdProcessTests(TestCase):
     async def test_explicit_pidfile_is_kept(self) -> None:
         cwd = temp_dir(self)
         path = str(cwd / "tcpsocket.sock")
-        env = dict(os.environ, WS_RUNTIME_TOKEN="t")
+        env = dict(os.environ, WS_RUNTIME_TOKEN="t" * 16)
         daemon = spawn_twistd(
             self,
             ["-n", f"--pidfile={cwd}/run.pid", "tcpsocket", "--listen", f"unix:{path}"],
@@ -331,7 +351,7 @@ class TwistdProcessTests(TestCase):
         cwd = temp_dir(self)
         path = str(cwd / "from-file.sock")
         (cwd / "tcpsocket.toml").write_text(
-            f'listen = ["unix:{path}"]\ntoken = ["from-the-file"]\njson-logs = true\n'
+            f'listen = ["unix:{path}"]\ntoken = ["token-from-the-file"]\njson-logs = true\n'
         )
         env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
         args = ["-n", "tcpsocket", "--config", "tcpsocket.toml"]
@@ -339,7 +359,7 @@ class TwistdProcessTests(TestCase):
         await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
         self.assertFalse(daemon.ended.called, daemon.output.decode())
         client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client.send(encode_handshake("from-the-file"))
+        client.send(encode_handshake("token-from-the-file"))
         self.assertEqual(await client.next(), b"\x01")
         client.sendClose(1000, "done")
         await client.closed

@@ -24,24 +24,31 @@ from tests.twistd_helpers import start_twistd
 
 class TokenStoreReplaceTests(SynchronousTestCase):
     def test_replace_swaps_tokens_and_keeps_consumed_ones_consumed(self) -> None:
-        store = TokenStore([Token("old"), Token("once", single_use=True)])
-        self.assertIsNotNone(store.authenticate("once"))
-        store.replace([Token("new", "app"), Token("once", single_use=True)])
-        self.assertIsNone(store.authenticate("old"))
-        self.assertEqual(store.authenticate("new").identity, "app")  # type: ignore[union-attr]
-        self.assertIsNone(store.authenticate("once"), "a used single-use token stays used")
-        self.assertEqual(len(store), 1)
+        store = TokenStore(
+            [Token("old-token-0123456789"), Token("once-token-0123456789", single_use=True)]
+        )
+        self.assertIsNotNone(store.authenticate("once-token-0123456789"))
+        store.replace(
+            [Token("new-token-0123456789", "app"), Token("once-token-0123456789", single_use=True)]
+        )
+        self.assertIsNone(store.authenticate("old-token-0123456789"))
+        self.assertEqual(store.authenticate("new-token-0123456789").identity, "app")  # type: ignore[union-attr]
+        self.assertIsNone(
+            store.authenticate("once-token-0123456789"), "a used single-use token stays used"
+        )
+        # The used one is still listed (the file lists it), and still refused.
+        self.assertEqual(len(store), 2)
 
     def test_apply_reload_swaps_tokens_and_policy_in_the_live_store(self) -> None:
         live = test_config()
         store = live.tokens
         fresh = test_config(policy=AllowList([Rule.parse("127.0.0.1:7")]), close_timeout=5)
-        fresh.tokens.replace([Token("fresh")])  # type: ignore[attr-defined]
+        fresh.tokens.replace([Token("fresh-token-0123456789")])  # type: ignore[attr-defined]
         reloaded = apply_reload(live, fresh)
         self.assertIs(reloaded.tokens, store)
         self.assertIs(reloaded.policy, fresh.policy)
         self.assertEqual(reloaded.close_timeout, live.close_timeout)  # needs a restart
-        self.assertIsNotNone(store.authenticate("fresh"))
+        self.assertIsNotNone(store.authenticate("fresh-token-0123456789"))
 
 
 def tokens_file(path: Path, *tokens: str) -> None:
@@ -63,7 +70,7 @@ class HangupTests(TestCase):
         _, echo_port = await listen_remote(self, Echo)
         _, other_port = await listen_remote(self, Echo)
         tokens = temp_dir(self) / "tokens.json"
-        tokens_file(tokens, "alpha-token")
+        tokens_file(tokens, "alpha-token-0123456789")
         process, collect, path = await start_twistd(
             self,
             "--tokens-file",
@@ -73,14 +80,14 @@ class HangupTests(TestCase):
         )
         # A live session on the old token, with a socket.
         raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client = await session(self, 0, token="alpha-token", raw=raw)
+        client = await session(self, 0, token="alpha-token-0123456789", raw=raw)
         service = await client.get_service()
         live_id = await client.open_ok(service, echo_port, events=(Event.DATA,))
 
-        tokens_file(tokens, "beta-token")
+        tokens_file(tokens, "beta-token-0123456789")
         await self.hangup(process, collect, b"reloaded the tokens and destination rules")
-        self.assertEqual((await self.handshake(path, "beta-token"))[0], b"\x01")
-        refused, _ = await self.handshake(path, "alpha-token")
+        self.assertEqual((await self.handshake(path, "beta-token-0123456789"))[0], b"\x01")
+        refused, _ = await self.handshake(path, "alpha-token-0123456789")
         self.assertEqual(refused, b"\x00")
         # The live session keeps working.
         await client.send(service, live_id, b"still here")
@@ -95,7 +102,7 @@ class HangupTests(TestCase):
         tokens.write_text('[{"token": ')
         await self.hangup(process, collect, b"reload failed, the configuration in use is kept")
         self.assertIn(b"cannot read tokens file", collect.output)
-        self.assertEqual((await self.handshake(path, "beta-token"))[0], b"\x01")
+        self.assertEqual((await self.handshake(path, "beta-token-0123456789"))[0], b"\x01")
         self.assertFalse(collect.ended.called)
         await client.send(service, live_id, b"!")
         await wait_until(lambda: bytes(stream.data) == b"still here!")
@@ -105,20 +112,20 @@ class HangupTests(TestCase):
         """twistd rotates its log file on SIGUSR1; SIGHUP is ours: both work."""
         directory = temp_dir(self)
         tokens, logfile = directory / "tokens.json", directory / "daemon.log"
-        tokens_file(tokens, "alpha-token")
+        tokens_file(tokens, "alpha-token-0123456789")
         process, collect, path = await start_twistd(
             self, "--tokens-file", str(tokens), token=None, twistd=(f"--logfile={logfile}",)
         )
         await wait_until(lambda: logfile.exists())
-        tokens_file(tokens, "beta-token")
+        tokens_file(tokens, "beta-token-0123456789")
         process.signalProcess(signal.SIGHUP)
         await wait_until(lambda: b"reloaded the tokens" in logfile.read_bytes(), timeout=30)
         process.signalProcess(signal.SIGUSR1)
         rotated = directory / "daemon.log.1"
         await wait_until(rotated.exists, timeout=30)
         self.assertIn(b"reloaded the tokens", rotated.read_bytes())
-        self.assertEqual((await self.handshake(path, "beta-token"))[0], b"\x01")
-        self.assertEqual((await self.handshake(path, "alpha-token"))[0], b"\x00")
+        self.assertEqual((await self.handshake(path, "beta-token-0123456789"))[0], b"\x01")
+        self.assertEqual((await self.handshake(path, "alpha-token-0123456789"))[0], b"\x00")
         self.assertFalse(collect.ended.called)
 
 

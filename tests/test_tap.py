@@ -362,4 +362,4 @@ class TwistdTests(TestCase):
         log = collect.output.decode()
         self.assertIn("session of desktop from unix", log)
         self.assertIn("started", log)
-        self.assertIn("ended (code 1000: 'done'; closed by the client)", log)
+        self.assertIn("ended (code 1000: done; closed by the client)", log)

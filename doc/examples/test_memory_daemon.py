@@ -24,11 +24,11 @@ class Greeter(Protocol):
 
 class GreetingTests(SynchronousTestCase):
     def test_greeting(self):
-        daemon = MemoryDaemon(tokens=["secret"])
+        daemon = MemoryDaemon(tokens=["memory-daemon-token"])
         daemon.add_remote("imap.example", 143, Factory.forProtocol(Greeter))
 
         async def scenario():
-            session = await daemon.session("secret")
+            session = await daemon.session("memory-daemon-token")
             return await read_greeting(session, "imap.example", 143)
 
         d = ensureDeferred(scenario())
