@@ -78,11 +78,15 @@ class Stream:
         self.keep: bytearray | None = None
         self.closed = False
         self.error: str | None = None
+        #: Called with the size of every delivery (the 100-stream workload's half-time mark).
+        self.observer: Callable[[int], None] | None = None
         self._want = 0
         self._want_future: asyncio.Future[None] | None = None
 
     def _deliver(self, data: Any) -> None:
         self.received += len(data)
+        if self.observer is not None:
+            self.observer(len(data))
         if self.keep is not None:
             self.keep += data
         future = self._want_future
@@ -394,11 +398,19 @@ class WSConnection(_Writable, asyncio.Protocol):
                 self.transport.abort()
 
 
-async def open_ws(port: int, path: str) -> WSConnection:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(
-        lambda: WSConnection("127.0.0.1", port, path), "127.0.0.1", port
-    )
+async def open_ws(
+    port: int, path: str, setup: Callable[[WSConnection], None] | None = None
+) -> WSConnection:
+    """A WebSocket to 127.0.0.1:``port``. ``setup`` gets the connection before it connects,
+    to install ``on_message`` in time for a server that speaks first."""
+
+    def factory() -> WSConnection:
+        conn = WSConnection("127.0.0.1", port, path)
+        if setup is not None:
+            setup(conn)
+        return conn
+
+    _, conn = await asyncio.get_running_loop().create_connection(factory, "127.0.0.1", port)
     return await conn.opened
 
 

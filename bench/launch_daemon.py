@@ -4,13 +4,15 @@
 the twistd plugin is not registered, or when a setting has no command-line option,
 e.g. for tuning experiments::
 
-    python -m bench.launch_daemon --port 8081 --token T --set session_buffer=4194304
+    python -m bench.launch_daemon --port 8081 --token T --allow '127.0.0.1:*' \
+        --set session_buffer=4194304
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from bench.procstat import raise_nofile_limit
 
@@ -20,6 +22,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--logfile", default="-")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST:PORTS",
+        help="allowed remotes, as twistd tcpsocket --allow (repeatable)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -34,14 +43,17 @@ def main() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from tcpsocket.config import ServerConfig
+    from tcpsocket.policy import AllowList, Rule
     from tcpsocket.site import TcpSocketService
     from tcpsocket.tokens import Token, TokenStore
 
-    overrides: dict[str, float | int] = {}
+    overrides: dict[str, Any] = {}
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name.replace("-", "_")] = float(value) if "." in value else int(value)
-    config = ServerConfig(tokens=TokenStore([Token(args.token)]), **overrides)  # type: ignore[arg-type]
+    if args.allow:
+        overrides["policy"] = AllowList([Rule.parse(rule) for rule in args.allow])
+    config = ServerConfig(tokens=TokenStore([Token(args.token)]), **overrides)
     out = sys.stdout if args.logfile == "-" else open(args.logfile, "a")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
     service = TcpSocketService(config, [f"tcp:{args.port}:interface=127.0.0.1"])
