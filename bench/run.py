@@ -40,6 +40,7 @@ from bench.targets import (
     WispPythonTarget,
     daemon_help,
     lists_option,
+    start_remote,
 )
 
 #: Every target, in table order.
@@ -590,15 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     targets: list[Target] = []
     try:
-        remote = processes.start(
-            "remote", [sys.executable, "-m", "bench.remote"], stdout=subprocess.PIPE
-        )
-        assert remote.stdout is not None
-        line = remote.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the remote server did not start; see {logdir}/remote.log")
-        remote_info = json.loads(line)
-        remote_port, remote_pid = remote_info["port"], remote_info["pid"]
+        remote_port, remote_pid = start_remote(processes)
         for name in wanted:
             if name == "direct":
                 targets.append(DirectTarget(remote_port))

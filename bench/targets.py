@@ -119,6 +119,20 @@ class Processes:
             self.stop(proc)
 
 
+def start_remote(processes: Processes) -> tuple[int, int]:
+    """Start ``python -m bench.remote``; returns its port and process id."""
+    remote = processes.start(
+        "remote", [sys.executable, "-m", "bench.remote"], stdout=subprocess.PIPE
+    )
+    assert remote.stdout is not None
+    line = remote.stdout.readline()
+    remote.stdout.close()
+    if not line:
+        raise RuntimeError(f"the remote server did not start; see {processes.logdir}/remote.log")
+    found = json.loads(line)
+    return int(found["port"]), int(found["pid"])
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
