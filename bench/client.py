@@ -1,6 +1,6 @@
 """The benchmark client: one asyncio runtime for every target.
 
-Three ways to get a byte stream to the remote, all with the same interface
+Four ways to get a byte stream to the remote, all with the same interface
 (:class:`Stream`: ``write``, ``until``, ``close``):
 
 * :class:`DirectStream`: plain TCP to the remote (the physical limit);
@@ -8,12 +8,14 @@ Three ways to get a byte stream to the remote, all with the same interface
   (binary frames, payload = the raw bytes);
 * :class:`DaemonStream`: a TcpSocket of a tcpsocket session (protocol.md): send requests
   pipelined within a bounded window of unanswered sends and paused after a ``false``
-  reply until DRAIN; data arrives as DATA events.
+  reply until DRAIN; data arrives as DATA events;
+* ``WispStream`` (:mod:`bench.wisp_client`): a stream of a Wisp connection
+  (wisp-python, wisp-server-node).
 
 The WebSocket client (:class:`WSConnection`) is a small hand-written one: HTTP upgrade,
 masked frames out (masking with ``websockets.speedups.apply_mask``, C), unmasked frames
 in, parsed straight out of the received ``bytes`` with memoryviews. The same code carries
-websockify and tcpsocket traffic, so the client costs the same for both.
+websockify, Wisp and tcpsocket traffic, so the client costs the same for all.
 """
 
 from __future__ import annotations

@@ -137,8 +137,9 @@ def _median_streams(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The median run of the 100-stream workload; a stalled run counts as the slowest."""
     ordered = sorted(runs, key=lambda r: r.get("MBps", -1.0))
     chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["runs"] = [r.get("MBps", r.get("stalled")) for r in runs]
+    chosen["runs"] = [r.get("MBps", r.get("stalled", r.get("failed"))) for r in runs]
     chosen["stalled_runs"] = sum(1 for r in runs if "stalled" in r)
+    chosen["failed_runs"] = sum(1 for r in runs if "failed" in r)
     return chosen
 
 
@@ -272,7 +273,13 @@ async def run_all(
         stream_runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in group}
         for repeat in range(plan["stream_repeats"]):
             for target in group:
-                result = await workloads.many_streams_download(target, remote_pid, count, size)
+                try:
+                    result = await workloads.many_streams_download(target, remote_pid, count, size)
+                except Exception as e:  # reported in the table, the other targets go on
+                    result = {"failed": f"{type(e).__name__}: {e}"}
+                    log(f"  {count} streams {target.name:10} run {repeat + 1}: {result['failed']}")
+                    stream_runs[target.name].append(result)
+                    continue
                 stream_runs[target.name].append(result)
                 log(
                     f"  {count} streams {target.name:10} run {repeat + 1}: "
@@ -429,22 +436,27 @@ def _rows(plan: dict[str, Any]) -> list[Row]:
 
 
 def _note(results: dict[str, Any], name: str, path: str) -> str | None:
-    """Text shown instead of a missing number: a stalled 100-stream run."""
+    """Text shown instead of a missing number: a stalled or failed 100-stream run."""
     if path == "streams.MBps":
-        stalled = results.get(name, {}).get("streams", {}).get("stalled")
-        if stalled:
+        found = results.get(name, {}).get("streams", {})
+        if found.get("failed"):
+            return "fails"
+        if found.get("stalled"):
             return "stalls"
     return None
 
 
 def table(results: dict[str, Any], plan: dict[str, Any]) -> str:
     """The Markdown table: one column per target, then the first tcpsocket target's
-    ratio to each other target (and to the other tcpsocket targets of a workers sweep)."""
+    ratio to each other target (each other tcpsocket target of a workers sweep: its ratio
+    to the first)."""
     names = [n for n in results if not n.startswith("_")]
     daemons = [n for n in names if n.startswith("tcpsocket")]
     mine = daemons[0] if daemons else None
     others = [n for n in names if n != mine] if mine else []
-    head = ["metric", *names, *(f"{mine} / {other}" for other in others)]
+    # A workers sweep: the other tcpsocket targets compared with the first one.
+    pairs = [(other, mine) if other in daemons else (mine, other) for other in others]
+    head = ["metric", *names, *(f"{a} / {b}" for a, b in pairs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, path, digits, better in _rows(plan):
         values = {n: _get(results, n, path) for n in names}
@@ -462,8 +474,8 @@ def table(results: dict[str, Any], plan: dict[str, Any]) -> str:
         if better in ("higher", "lower"):
             label += f" ({better} is better)"
         row = [label, *cells]
-        for other in others:
-            row.append(_ratio(values[mine], values[other]) if better != "info" else "")
+        for a, b in pairs:
+            row.append(_ratio(values[a], values[b]) if better != "info" else "")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

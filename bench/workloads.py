@@ -181,8 +181,6 @@ async def many_streams_download(
                     done.cancel()
                     break
             meter.stop()
-            if stalled:
-                meter.wall -= loop.time() - progress_at  # up to the last progress
         errors = [] if stalled else [r for r in done.result() if isinstance(r, BaseException)]
         finished = sum(1 for s in streams if s.received >= size)
         result: dict[str, Any] = {
