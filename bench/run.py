@@ -480,6 +480,75 @@ def table(results: dict[str, Any], plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def goals(results: dict[str, Any], plan: dict[str, Any]) -> str:
+    """Issue 11's targets for the daemon, as ratios within this run: met or not."""
+    mine = next((n for n in results if n.startswith("tcpsocket")), None)
+    if mine is None:
+        return ""
+
+    def get(name: str, path: str) -> float | None:
+        return _get(results, name, path)
+
+    def check(text: str, a: float | None, b: float | None, ok: Any, shown: str) -> str:
+        if a is None or b is None:
+            return f"- {text}: not measured"
+        return f"- {text}: {'met' if ok(a, b) else 'NOT met'} ({shown.format(a=a, b=b)})"
+
+    lines = [f"Issue 11 targets for {mine}, as ratios in this run:"]
+    p50 = get(mine, "echo.p50_us")
+    for other in ("websockify", "wisp-python"):
+        lines.append(
+            check(
+                f"echo p50 <= {other}'s",
+                p50,
+                get(other, "echo.p50_us"),
+                lambda a, b: a <= b,
+                "{a:.0f} vs {b:.0f} us",
+            )
+        )
+    lines.append(
+        check(
+            "server CPU per echo round trip <= websockify's",
+            get(mine, "echo.server_cpu_us_per_rt"),
+            get("websockify", "echo.server_cpu_us_per_rt"),
+            lambda a, b: a <= b,
+            "{a:.0f} vs {b:.0f} us",
+        )
+    )
+    jain = get(mine, "streams.half_jain")
+    lines.append(
+        check(
+            f"{plan['streams']}-stream aggregate >= 1.2x wisp-server-node's at Jain >= 0.95",
+            get(mine, "streams.MBps"),
+            get("wisp-server-node", "streams.MBps"),
+            lambda a, b: a >= 1.2 * b and jain is not None and jain >= 0.95,
+            "{a:,.0f} vs {b:,.0f} MB/s, " + f"Jain {_fmt(jain, 2)}",
+        )
+    )
+    for kind in ("download", "upload"):
+        lines.append(
+            check(
+                f"{kind} >= 1.5x websockify's",
+                get(mine, f"{kind}.MBps"),
+                get("websockify", f"{kind}.MBps"),
+                lambda a, b: a >= 1.5 * b,
+                "{a:,.0f} vs {b:,.0f} MB/s",
+            )
+        )
+    if plan["many"]:
+        many = max(plan["many"])
+        lines.append(
+            check(
+                "memory per idle stream < 5 KiB",
+                get(mine, f"many_{many}.rss_kib_per_socket_idle"),
+                5.0,
+                lambda a, b: a < b,
+                "{a:.1f} KiB RSS on " + f"{many} sockets",
+            )
+        )
+    return "\n".join(lines)
+
+
 def _load(values: list[float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
@@ -655,6 +724,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for note in notes.values():
         print(note)
+    checklist = goals(results, plan)
+    if checklist:
+        print("\n" + checklist)
     if args.json:
         daemon = next((t for t in targets if isinstance(t, DaemonTarget)), None)
         document = {
@@ -683,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
             "notes": notes,
             "results": results,
             "table": text,
+            "goals": checklist,
         }
         Path(args.json).write_text(json.dumps(document, indent=1, default=str) + "\n")
     return 0
