@@ -283,7 +283,11 @@ async def run_all(
                 stream_runs[target.name].append(result)
                 log(
                     f"  {count} streams {target.name:10} run {repeat + 1}: "
-                    + (result["stalled"] if "stalled" in result else f"{result['MBps']:8.1f} MB/s")
+                    + (
+                        f"{result['MBps']:8.1f} MB/s"
+                        if "MBps" in result
+                        else result.get("stalled") or result["failed"]
+                    )
                     + f"  Jain at half-time {result.get('half_jain', float('nan')):.2f},"
                     f" {result.get('half_streams_at_zero', '-')} streams at 0 bytes"
                     + _server_cpu(result, "server_cpu_s_per_GiB", "CPU s/GiB", 2)

@@ -160,7 +160,6 @@ async def many_streams_download(
             if not half and arrived >= total // 2:
                 half.extend(s.received for s in streams)
 
-        loop = asyncio.get_running_loop()
         for stream in streams:
             stream.observer = observe
         loop = asyncio.get_running_loop()
@@ -193,11 +192,13 @@ async def many_streams_download(
             "error_sample": [f"{type(e).__name__}: {e}" for e in errors[:3]],
             **meter.cpu(max(arrived, 1) / GiB, "s_per_GiB"),
         }
-        if stalled or errors or finished < count:
+        if stalled:
             result["stalled"] = (
                 f"stalled after {arrived / MB:,.0f} of {total / MB:,.0f} MB,"
                 f" {finished} of {count} streams done"
             )
+        elif errors or finished < count:
+            result["failed"] = f"{count - finished} of {count} streams did not finish"
         else:
             result["MBps"] = total / meter.wall / MB
         if half:
