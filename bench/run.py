@@ -539,6 +539,19 @@ def goals(results: dict[str, Any], plan: dict[str, Any]) -> str:
                 "{a:,.0f} vs {b:,.0f} MB/s",
             )
         )
+    sweep = sorted(n for n in results if n.startswith("tcpsocket-w"))
+    if len(sweep) > 1 and plan["many"]:
+        one, most = sweep[0], sweep[-1]
+        path = f"many_{max(plan['many'])}.echo_rt_per_s"
+        lines.append(
+            check(
+                f"{most} aggregate echo on many sessions >= 1.8x {one}'s",
+                get(most, path),
+                get(one, path),
+                lambda a, b: a >= 1.8 * b,
+                "{a:,.0f} vs {b:,.0f} round trips/s",
+            )
+        )
     if plan["many"]:
         many = max(plan["many"])
         lines.append(

@@ -63,9 +63,23 @@ class TableTests(SynchronousTestCase):
         found = results()
         found["tcpsocket-w1"] = found.pop("tcpsocket")
         found["tcpsocket-w2"] = {"download": {"MBps": 3000.0}}
-        head = table(found, PLAN).splitlines()[0]
-        self.assertIn("| tcpsocket-w1 / websockify |", head)
-        self.assertIn("| tcpsocket-w2 / tcpsocket-w1 |", head)
+        lines = table(found, PLAN).splitlines()
+        self.assertIn("| tcpsocket-w1 / websockify |", lines[0])
+        self.assertIn("| tcpsocket-w2 / tcpsocket-w1 |", lines[0])
+        download = next(line for line in lines if line.startswith("| bulk download"))
+        self.assertTrue(download.endswith("| 1.88x |"), download)  # 3,000 / 1,600
+
+    def test_workers_sweep_goal(self) -> None:
+        found = results()
+        found["tcpsocket-w1"] = found.pop("tcpsocket")
+        found["tcpsocket-w1"]["many_100"]["echo_rt_per_s"] = 10000.0
+        found["tcpsocket-w2"] = {"many_100": {"echo_rt_per_s": 17000.0}}
+        self.assertIn(
+            "- tcpsocket-w2 aggregate echo on many sessions >= 1.8x tcpsocket-w1's: NOT met"
+            " (17,000 vs 10,000 round trips/s)",
+            goals(found, PLAN),
+        )
+        self.assertNotIn("aggregate echo on many sessions", goals(results(), PLAN))
 
 
 class GoalTests(SynchronousTestCase):
