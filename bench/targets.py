@@ -431,9 +431,6 @@ class MuxTarget(ServerTarget):
             await self.release_group([])
             raise
 
-    async def release_group(self, streams: list[Stream]) -> None:
-        await self.close_many(streams)
-
     async def open_many(
         self, count: int, sessions: int, in_flight: int, should_stop: Any
     ) -> tuple[list[Stream], list[str]]:
