@@ -43,8 +43,9 @@ setup(
             "mypy-zope",
             "ruff",
             "hypothesis",
+            "wisp-python==0.9.0",  # tests/test_bench_wisp.py runs the bench's Wisp client on it
         ],
-        "bench": ["websockify", "websockets"],
+        "bench": ["websockify", "websockets", "wisp-python==0.9.0"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -1,6 +1,6 @@
 """The benchmark client: one asyncio runtime for every target.
 
-Three ways to get a byte stream to the remote, all with the same interface
+Four ways to get a byte stream to the remote, all with the same interface
 (:class:`Stream`: ``write``, ``until``, ``close``):
 
 * :class:`DirectStream`: plain TCP to the remote (the physical limit);
@@ -8,12 +8,14 @@ Three ways to get a byte stream to the remote, all with the same interface
   (binary frames, payload = the raw bytes);
 * :class:`DaemonStream`: a TcpSocket of a tcpsocket session (protocol.md): send requests
   pipelined within a bounded window of unanswered sends and paused after a ``false``
-  reply until DRAIN; data arrives as DATA events.
+  reply until DRAIN; data arrives as DATA events;
+* ``WispStream`` (:mod:`bench.wisp_client`): a stream of a Wisp connection
+  (wisp-python, wisp-server-node).
 
 The WebSocket client (:class:`WSConnection`) is a small hand-written one: HTTP upgrade,
 masked frames out (masking with ``websockets.speedups.apply_mask``, C), unmasked frames
 in, parsed straight out of the received ``bytes`` with memoryviews. The same code carries
-websockify and tcpsocket traffic, so the client costs the same for both.
+websockify, Wisp and tcpsocket traffic, so the client costs the same for all.
 """
 
 from __future__ import annotations
@@ -78,11 +80,15 @@ class Stream:
         self.keep: bytearray | None = None
         self.closed = False
         self.error: str | None = None
+        #: Called with the size of every delivery (the 100-stream workload's half-time mark).
+        self.observer: Callable[[int], None] | None = None
         self._want = 0
         self._want_future: asyncio.Future[None] | None = None
 
     def _deliver(self, data: Any) -> None:
         self.received += len(data)
+        if self.observer is not None:
+            self.observer(len(data))
         if self.keep is not None:
             self.keep += data
         future = self._want_future
@@ -394,11 +400,19 @@ class WSConnection(_Writable, asyncio.Protocol):
                 self.transport.abort()
 
 
-async def open_ws(port: int, path: str) -> WSConnection:
-    loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(
-        lambda: WSConnection("127.0.0.1", port, path), "127.0.0.1", port
-    )
+async def open_ws(
+    port: int, path: str, setup: Callable[[WSConnection], None] | None = None
+) -> WSConnection:
+    """A WebSocket to 127.0.0.1:``port``. ``setup`` gets the connection before it connects,
+    to install ``on_message`` in time for a server that speaks first."""
+
+    def factory() -> WSConnection:
+        conn = WSConnection("127.0.0.1", port, path)
+        if setup is not None:
+            setup(conn)
+        return conn
+
+    _, conn = await asyncio.get_running_loop().create_connection(factory, "127.0.0.1", port)
     return await conn.opened
 
 

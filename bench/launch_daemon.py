@@ -4,7 +4,8 @@
 the twistd plugin is not registered, or when a setting has no command-line option,
 e.g. for tuning experiments::
 
-    python -m bench.launch_daemon --port 8081 --token T --set session_buffer=4194304
+    python -m bench.launch_daemon --port 8081 --token T --allow '127.0.0.1:*' \
+        --set session_buffer=4194304
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--logfile", default="-")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST:PORTS",
+        help="allowed remotes, as twistd tcpsocket --allow (repeatable)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -39,12 +47,13 @@ def main() -> None:
     from tcpsocket.site import TcpSocketService
     from tcpsocket.tokens import Token, TokenStore
 
-    overrides: dict[str, float | int] = {}
+    overrides: dict[str, Any] = {}
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name.replace("-", "_")] = float(value) if "." in value else int(value)
     # The benchmark's remotes are on loopback, which the daemon denies by default.
-    overrides_all: dict[str, Any] = {"policy": DestinationPolicy(["allow 127.0.0.1:*"])}
+    rules = [f"allow {rule}" for rule in args.allow] or ["allow 127.0.0.1:*"]
+    overrides_all: dict[str, Any] = {"policy": DestinationPolicy(rules)}
     overrides_all.update(overrides)
     config = ServerConfig(tokens=TokenStore([Token(args.token)]), **overrides_all)
     out = sys.stdout if args.logfile == "-" else open(args.logfile, "a")

@@ -119,6 +119,12 @@ def tree_memory(pid: int) -> TreeMemory:
     return TreeMemory(len(pids), sum(rss_kib(p) for p in pids), sum(pss_kib(p) for p in pids))
 
 
+def loadavg() -> list[float]:
+    """The 1-, 5- and 15-minute load averages from /proc/loadavg."""
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
 def mem_available_kib() -> int:
     """MemAvailable from /proc/meminfo."""
     with open("/proc/meminfo") as f:

@@ -4,7 +4,8 @@ One port, and the first byte a client sends picks the behaviour (so one websocki
 instance, which proxies to one fixed target, can reach all of them):
 
 * ``E``: echo everything that follows;
-* ``S`` + 8-byte big-endian N: source, stream N bytes then close;
+* ``S`` + 8-byte big-endian N: source, stream N bytes then close (256 KiB per event-loop
+  turn, so that concurrent sources take turns);
 * ``K`` + 8-byte big-endian N: sink, count what follows and answer the 8-byte count once
   N bytes have arrived (the upload's end-to-end acknowledgement).
 
@@ -36,6 +37,7 @@ class RemoteProtocol(asyncio.Protocol):
         self.expected = 0
         self.received = 0
         self.paused = False
+        self.scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -82,14 +84,26 @@ class RemoteProtocol(asyncio.Protocol):
             self.transport.write(self.received.to_bytes(8, "big"))  # type: ignore[union-attr]
 
     def _pump(self) -> None:
+        """Write one chunk, then let the other sources have their turn: many downloads at
+        once are served round-robin, so the remote itself is fair to them."""
+        self.scheduled = False
         transport = self.transport
-        assert transport is not None
-        while self.remaining and not self.paused:
+        if transport is None or self.paused:
+            return
+        if self.remaining:
             n = min(CHUNK, self.remaining)
             transport.write(_BLOCK[:n])
             self.remaining -= n
-        if not self.remaining and not transport.is_closing():
-            transport.close()  # flushes what is buffered, then FIN
+        if not self.remaining:
+            if not transport.is_closing():
+                transport.close()  # flushes what is buffered, then FIN
+        elif not self.paused:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -97,7 +111,7 @@ class RemoteProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused = False
         if self.mode == 0x53:
-            self._pump()
+            self._schedule()
 
     def eof_received(self) -> bool | None:
         return None  # close

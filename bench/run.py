@@ -1,4 +1,5 @@
-"""Benchmark tcpsocket against direct TCP and websockify, in one invocation.
+"""Benchmark tcpsocket against direct TCP, websockify, wisp-python and wisp-server-node,
+in one invocation.
 
     python -m bench                 # full run (~10 minutes)
     python -m bench --quick         # smoke run (~1 minute)
@@ -35,7 +36,15 @@ from bench.targets import (
     ServerTarget,
     Target,
     WebsockifyTarget,
+    WispNodeTarget,
+    WispPythonTarget,
+    daemon_help,
+    lists_option,
+    start_remote,
 )
+
+#: Every target, in table order.
+TARGETS = ("direct", "websockify", "wisp-python", "wisp-server-node", "tcpsocket")
 
 MiB = 1 << 20
 
@@ -49,6 +58,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "sessions": 100,
         "many_echo_seconds": 3.0,
         "open_budget": 120.0,
+        "streams": 100,
+        "stream_bytes": 4 * MiB,
+        "stream_repeats": 5,
     },
     "quick": {
         "bulk_bytes": 64 * MiB,
@@ -59,6 +71,9 @@ PLANS: dict[str, dict[str, Any]] = {
         "sessions": 10,
         "many_echo_seconds": 1.0,
         "open_budget": 20.0,
+        "streams": 100,
+        "stream_bytes": 1 * MiB,
+        "stream_repeats": 1,
     },
 }
 
@@ -73,7 +88,16 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for package in ("twisted", "autobahn", "websockify", "websockets", "numpy", "txaio"):
+    for package in (
+        "twisted",
+        "autobahn",
+        "websockify",
+        "websockets",
+        "numpy",
+        "txaio",
+        "wisp-python",
+        "uvloop",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -102,6 +126,20 @@ def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     chosen["runs"] = [r[key] for r in runs]
     if len(runs) > 1:
         chosen[f"{key}_median"] = statistics.median(r[key] for r in runs)
+    return chosen
+
+
+def _server_cpu(result: dict[str, Any], key: str, unit: str, digits: int) -> str:
+    return f"  server {result[key]:.{digits}f} {unit}" if key in result else ""
+
+
+def _median_streams(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run of the 100-stream workload; a stalled run counts as the slowest."""
+    ordered = sorted(runs, key=lambda r: r.get("MBps", -1.0))
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs"] = [r.get("MBps", r.get("stalled", r.get("failed"))) for r in runs]
+    chosen["stalled_runs"] = sum(1 for r in runs if "stalled" in r)
+    chosen["failed_runs"] = sum(1 for r in runs if "failed" in r)
     return chosen
 
 
@@ -202,8 +240,8 @@ async def run_all(
                     runs[target.name][kind].append(result)
                     log(
                         f"  {kind:8} {target.name:10} run {repeat + 1}: {result['MBps']:8.1f} MB/s"
-                        f"  server {result['server_cpu_s_per_GiB']:.2f} CPU s/GiB"
-                        f"  client CPU {100 * result['client_cpu_util']:.0f}%"
+                        + _server_cpu(result, "server_cpu_s_per_GiB", "CPU s/GiB", 2)
+                        + f"  client CPU {100 * result['client_cpu_util']:.0f}%"
                         f"  others {100 * result['other_cpu_util']:.0f}%"
                     )
         for target in targets:
@@ -227,8 +265,35 @@ async def run_all(
             log(
                 f"  echo     {target.name:10} {result['rt_per_s']:8.0f} rt/s"
                 f"  p50 {result['p50_us']:.0f} us  p99 {result['p99_us']:.0f} us"
-                f"  server {result['server_cpu_us_per_rt']:.0f} CPU us/rt"
+                + _server_cpu(result, "server_cpu_us_per_rt", "CPU us/rt", 0)
             )
+    if not args.skip_streams:
+        count, size = plan["streams"], plan["stream_bytes"]
+        group = [t for t in targets if t.multiplexes or isinstance(t, DirectTarget)]
+        stream_runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in group}
+        for repeat in range(plan["stream_repeats"]):
+            for target in group:
+                try:
+                    result = await workloads.many_streams_download(target, remote_pid, count, size)
+                except Exception as e:  # reported in the table, the other targets go on
+                    result = {"failed": f"{type(e).__name__}: {e}"}
+                    log(f"  {count} streams {target.name:10} run {repeat + 1}: {result['failed']}")
+                    stream_runs[target.name].append(result)
+                    continue
+                stream_runs[target.name].append(result)
+                log(
+                    f"  {count} streams {target.name:10} run {repeat + 1}: "
+                    + (
+                        f"{result['MBps']:8.1f} MB/s"
+                        if "MBps" in result
+                        else result.get("stalled") or result["failed"]
+                    )
+                    + f"  Jain at half-time {result.get('half_jain', float('nan')):.2f},"
+                    f" {result.get('half_streams_at_zero', '-')} streams at 0 bytes"
+                    + _server_cpu(result, "server_cpu_s_per_GiB", "CPU s/GiB", 2)
+                )
+        for target in group:
+            results[target.name]["streams"] = _median_streams(stream_runs[target.name])
     if args.profile:
         for target in targets:
             if isinstance(target, DaemonTarget):
@@ -295,91 +360,214 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x"
 
 
-def table(results: dict[str, Any], plan: dict[str, Any]) -> str:
+Row = tuple[str, str, int, str]
+
+
+def _rows(plan: dict[str, Any]) -> list[Row]:
+    """(label, result path, digits, better): every throughput or latency row is followed
+    by the server CPU it cost (-1 digits: a fraction shown as a percentage)."""
     size = plan["bulk_bytes"] // MiB
-    rows: list[tuple[str, str, int, str]] = [
+    count = plan["streams"]
+    rows: list[Row] = [
         (f"bulk download {size} MiB, MB/s", "download.MBps", 0, "higher"),
+        ("  server CPU s per GiB", "download.server_cpu_s_per_GiB", 2, "lower"),
         (f"bulk upload {size} MiB, MB/s", "upload.MBps", 0, "higher"),
+        ("  server CPU s per GiB", "upload.server_cpu_s_per_GiB", 2, "lower"),
         ("echo 64 B, round trips/s", "echo.rt_per_s", 0, "higher"),
         ("echo 64 B, p50 latency, us", "echo.p50_us", 0, "lower"),
         ("echo 64 B, p90 latency, us", "echo.p90_us", 0, "lower"),
         ("echo 64 B, p99 latency, us", "echo.p99_us", 0, "lower"),
-        ("server CPU s per GiB, download", "download.server_cpu_s_per_GiB", 2, "lower"),
-        ("server CPU s per GiB, upload", "upload.server_cpu_s_per_GiB", 2, "lower"),
-        ("server CPU us per echo round trip", "echo.server_cpu_us_per_rt", 0, "lower"),
+        ("  server CPU us per echo round trip", "echo.server_cpu_us_per_rt", 0, "lower"),
+        (
+            f"{count} streams on one WebSocket, {plan['stream_bytes'] // MiB} MiB each,"
+            " aggregate MB/s",
+            "streams.MBps",
+            0,
+            "higher",
+        ),
+        ("  server CPU s per GiB", "streams.server_cpu_s_per_GiB", 2, "lower"),
+        ("  fairness at half-time: Jain index", "streams.half_jain", 2, "higher"),
+        ("  fairness at half-time: streams at 0 bytes", "streams.half_streams_at_zero", 0, "lower"),
         ("client CPU % during download", "download.client_cpu_util", -1, "info"),
         ("client CPU % during upload", "upload.client_cpu_util", -1, "info"),
         ("client CPU % during echo", "echo.client_cpu_util", -1, "info"),
+        (f"client CPU % during {count} streams", "streams.client_cpu_util", -1, "info"),
         ("other processes' CPU % during download", "download.other_cpu_util", -1, "info"),
         ("other processes' CPU % during upload", "upload.other_cpu_util", -1, "info"),
         ("other processes' CPU % during echo", "echo.other_cpu_util", -1, "info"),
+        (f"other processes' CPU % during {count} streams", "streams.other_cpu_util", -1, "info"),
     ]
-    for count in plan["many"]:
-        key = f"many_{count}"
+    for many in plan["many"]:
+        key = f"many_{many}"
         rows += [
-            (f"{count} sockets: opened and working", f"{key}.opened", 0, "info"),
+            (f"{many} sockets: opened and working", f"{key}.opened", 0, "info"),
             (
-                f"{count} sockets: still working after the echo phase",
+                f"{many} sockets: still working after the echo phase",
                 f"{key}.sockets_that_echoed",
                 0,
                 "info",
             ),
-            (f"{count} sockets: time to open them, s", f"{key}.open_seconds", 2, "lower"),
-            (f"{count} sockets: opens per second", f"{key}.opens_per_s", 0, "higher"),
+            (f"{many} sockets: time to open them, s", f"{key}.open_seconds", 2, "lower"),
+            (f"{many} sockets: opens per second", f"{key}.opens_per_s", 0, "higher"),
             (
-                f"{count} sockets: server RSS KiB/socket idle",
+                f"{many} sockets: server RSS KiB/socket idle",
                 f"{key}.rss_kib_per_socket_idle",
                 1,
                 "lower",
             ),
             (
-                f"{count} sockets: server PSS KiB/socket idle",
+                f"{many} sockets: server PSS KiB/socket idle",
                 f"{key}.pss_kib_per_socket_idle",
                 1,
                 "lower",
             ),
             (
-                f"{count} sockets: server RSS KiB/socket after echo",
+                f"{many} sockets: server RSS KiB/socket after echo",
                 f"{key}.rss_kib_per_socket_after_echo",
                 1,
                 "lower",
             ),
-            (f"{count} sockets: aggregate echo round trips/s", f"{key}.echo_rt_per_s", 0, "higher"),
+            (f"{many} sockets: aggregate echo round trips/s", f"{key}.echo_rt_per_s", 0, "higher"),
             (
-                f"{count} sockets: server CPU us per echo round trip",
+                "  server CPU us per echo round trip",
                 f"{key}.echo_server_cpu_us_per_rt",
                 0,
                 "lower",
             ),
-            (f"{count} sockets: server processes", f"{key}.server_processes", 0, "info"),
+            (f"{many} sockets: server processes", f"{key}.server_processes", 0, "info"),
         ]
-    names = [n for n in ("direct", "websockify", "tcpsocket") if n in results]
-    head = ["metric", *names]
-    if "tcpsocket" in results:
-        if "websockify" in results:
-            head.append("tcpsocket / websockify")
-        if "direct" in results:
-            head.append("tcpsocket / direct")
+    return rows
+
+
+def _note(results: dict[str, Any], name: str, path: str) -> str | None:
+    """Text shown instead of a missing number: a stalled or failed 100-stream run."""
+    if path == "streams.MBps":
+        found = results.get(name, {}).get("streams", {})
+        if found.get("failed"):
+            return "fails"
+        if found.get("stalled"):
+            return "stalls"
+    return None
+
+
+def table(results: dict[str, Any], plan: dict[str, Any]) -> str:
+    """The Markdown table: one column per target, then the first tcpsocket target's
+    ratio to each other target (each other tcpsocket target of a workers sweep: its ratio
+    to the first)."""
+    names = [n for n in results if not n.startswith("_")]
+    daemons = [n for n in names if n.startswith("tcpsocket")]
+    mine = daemons[0] if daemons else None
+    others = [n for n in names if n != mine] if mine else []
+    # A workers sweep: the other tcpsocket targets compared with the first one.
+    pairs = [(other, mine) if other in daemons else (mine, other) for other in others]
+    head = ["metric", *names, *(f"{a} / {b}" for a, b in pairs)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, path, digits, better in rows:
+    for label, path, digits, better in _rows(plan):
         values = {n: _get(results, n, path) for n in names}
-        if all(v is None for v in values.values()):
+        notes = {n: _note(results, n, path) for n in names}
+        if all(v is None for v in values.values()) and not any(notes.values()):
             continue
-        if digits == -1:
-            cells = [_fmt(None if v is None else 100 * v, 0) for v in values.values()]
-        else:
-            cells = [_fmt(v, digits) for v in values.values()]
+        cells = []
+        for name, value in values.items():
+            if value is None and notes[name]:
+                cells.append(str(notes[name]))
+            elif digits == -1:
+                cells.append(_fmt(None if value is None else 100 * value, 0))
+            else:
+                cells.append(_fmt(value, digits))
         if better in ("higher", "lower"):
             label += f" ({better} is better)"
         row = [label, *cells]
-        if "tcpsocket" in results:
-            mine = values.get("tcpsocket")
-            if "websockify" in results:
-                row.append(_ratio(mine, values.get("websockify")) if better != "info" else "")
-            if "direct" in results:
-                row.append(_ratio(mine, values.get("direct")) if better != "info" else "")
+        for a, b in pairs:
+            row.append(_ratio(values[a], values[b]) if better != "info" else "")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def goals(results: dict[str, Any], plan: dict[str, Any]) -> str:
+    """Issue 11's targets for the daemon, as ratios within this run: met or not."""
+    mine = next((n for n in results if n.startswith("tcpsocket")), None)
+    if mine is None:
+        return ""
+
+    def get(name: str, path: str) -> float | None:
+        return _get(results, name, path)
+
+    def check(text: str, a: float | None, b: float | None, ok: Any, shown: str) -> str:
+        if a is None or b is None:
+            return f"- {text}: not measured"
+        return f"- {text}: {'met' if ok(a, b) else 'NOT met'} ({shown.format(a=a, b=b)})"
+
+    lines = [f"Issue 11 targets for {mine}, as ratios in this run:"]
+    p50 = get(mine, "echo.p50_us")
+    for other in ("websockify", "wisp-python"):
+        lines.append(
+            check(
+                f"echo p50 <= {other}'s",
+                p50,
+                get(other, "echo.p50_us"),
+                lambda a, b: a <= b,
+                "{a:.0f} vs {b:.0f} us",
+            )
+        )
+    lines.append(
+        check(
+            "server CPU per echo round trip <= websockify's",
+            get(mine, "echo.server_cpu_us_per_rt"),
+            get("websockify", "echo.server_cpu_us_per_rt"),
+            lambda a, b: a <= b,
+            "{a:.0f} vs {b:.0f} us",
+        )
+    )
+    jain = get(mine, "streams.half_jain")
+    lines.append(
+        check(
+            f"{plan['streams']}-stream aggregate >= 1.2x wisp-server-node's at Jain >= 0.95",
+            get(mine, "streams.MBps"),
+            get("wisp-server-node", "streams.MBps"),
+            lambda a, b: a >= 1.2 * b and jain is not None and jain >= 0.95,
+            "{a:,.0f} vs {b:,.0f} MB/s, " + f"Jain {_fmt(jain, 2)}",
+        )
+    )
+    for kind in ("download", "upload"):
+        lines.append(
+            check(
+                f"{kind} >= 1.5x websockify's",
+                get(mine, f"{kind}.MBps"),
+                get("websockify", f"{kind}.MBps"),
+                lambda a, b: a >= 1.5 * b,
+                "{a:,.0f} vs {b:,.0f} MB/s",
+            )
+        )
+    sweep = sorted(n for n in results if n.startswith("tcpsocket-w"))
+    if len(sweep) > 1 and plan["many"]:
+        one, most = sweep[0], sweep[-1]
+        path = f"many_{max(plan['many'])}.echo_rt_per_s"
+        lines.append(
+            check(
+                f"{most} aggregate echo on many sessions >= 1.8x {one}'s",
+                get(most, path),
+                get(one, path),
+                lambda a, b: a >= 1.8 * b,
+                "{a:,.0f} vs {b:,.0f} round trips/s",
+            )
+        )
+    if plan["many"]:
+        many = max(plan["many"])
+        lines.append(
+            check(
+                "memory per idle stream < 5 KiB",
+                get(mine, f"many_{many}.rss_kib_per_socket_idle"),
+                5.0,
+                lambda a, b: a < b,
+                "{a:.1f} KiB RSS on " + f"{many} sockets",
+            )
+        )
+    return "\n".join(lines)
+
+
+def _load(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,8 +580,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument(
         "--targets",
-        default="direct,websockify,tcpsocket",
-        help="comma-separated subset of direct,websockify,tcpsocket",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--workers",
+        metavar="N,N",
+        help="workers sweep, e.g. 1,2: one tcpsocket target per count, started with "
+        "'--workers N' if 'twistd tcpsocket --help' lists --workers (else reported as "
+        "not supported, and the daemon runs as usual)",
+    )
+    parser.add_argument(
+        "--wisp-node-dir",
+        metavar="DIR",
+        help="npm prefix holding wisp-server-node (installed there with npm if missing; "
+        "default ~/.cache/tcpsocket-bench/wisp-server-node-VERSION)",
     )
     parser.add_argument(
         "--daemon",
@@ -432,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-echo", action="store_true")
     parser.add_argument("--skip-many", action="store_true")
     parser.add_argument(
+        "--skip-streams", action="store_true", help="leave out the 100-stream workload"
+    )
+    parser.add_argument("--streams", type=int, help="streams of the 100-stream workload")
+    parser.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the servers' logs (kept anyway when the run fails)",
@@ -451,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         plan["repeats"] = args.repeats
     if args.sockets:
         plan["many"] = [int(x) for x in args.sockets.split(",") if x]
+    if args.streams:
+        plan["streams"] = args.streams
     settings: dict[str, int] = {"max_sockets_per_session": 200}
     for item in args.daemon_set:
         name, _, value = item.partition("=")
@@ -461,34 +668,52 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    workers: list[int | None] = [None]
+    notes: dict[str, str] = {}
+    if args.workers and "tcpsocket" in wanted:
+        counts = [int(x) for x in args.workers.split(",") if x]
+        if lists_option(daemon_help(args.daemon_source), "--workers"):
+            workers = list(counts)
+        else:
+            notes["workers"] = (
+                f"workers sweep {counts}: not supported by this daemon "
+                "('twistd tcpsocket --help' lists no --workers); ran one process"
+            )
+            log(notes["workers"])
+
     info = machine_info()
+    load_before = procstat.loadavg()
     logdir = Path(tempfile.mkdtemp(prefix="tcpsocket-bench-"))
     processes = Processes(logdir)
     started = time.monotonic()
     results: dict[str, Any] = {}
     targets: list[Target] = []
     try:
-        remote = processes.start(
-            "remote", [sys.executable, "-m", "bench.remote"], stdout=subprocess.PIPE
-        )
-        assert remote.stdout is not None
-        line = remote.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the remote server did not start; see {logdir}/remote.log")
-        remote_info = json.loads(line)
-        remote_port, remote_pid = remote_info["port"], remote_info["pid"]
+        remote_port, remote_pid = start_remote(processes)
         for name in wanted:
             if name == "direct":
                 targets.append(DirectTarget(remote_port))
             elif name == "websockify":
                 targets.append(WebsockifyTarget(remote_port, processes))
+            elif name == "wisp-python":
+                targets.append(WispPythonTarget(remote_port, processes))
+            elif name == "wisp-server-node":
+                prefix = Path(args.wisp_node_dir) if args.wisp_node_dir else None
+                targets.append(WispNodeTarget(remote_port, processes, prefix))
             elif name == "tcpsocket":
                 mode = "launcher" if args.daemon == "launcher" else args.daemon
-                targets.append(
-                    DaemonTarget(
-                        remote_port, processes, settings, mode, args.daemon_source, daemon_env
+                for count in workers:
+                    targets.append(
+                        DaemonTarget(
+                            remote_port,
+                            processes,
+                            settings,
+                            mode,
+                            args.daemon_source,
+                            daemon_env,
+                            count,
+                        )
                     )
-                )
             else:
                 parser.error(f"unknown target {name!r}")
         for target in targets:
@@ -505,10 +730,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_logs:
         shutil.rmtree(logdir, ignore_errors=True)
     elapsed = time.monotonic() - started
+    load_after = procstat.loadavg()
 
     text = table(results, plan)
     print(text)
-    print(f"\n({elapsed:.0f} s, {'quick' if args.quick else 'full'} run; MB = 10^6 bytes)")
+    print(
+        f"\n({elapsed:.0f} s, {'quick' if args.quick else 'full'} run; MB = 10^6 bytes;"
+        f" load average (1, 5, 15 min) before {_load(load_before)}, after {_load(load_after)}"
+        f" on {info['nproc']} CPUs)"
+    )
+    for note in notes.values():
+        print(note)
+    checklist = goals(results, plan)
+    if checklist:
+        print("\n" + checklist)
     if args.json:
         daemon = next((t for t in targets if isinstance(t, DaemonTarget)), None)
         document = {
@@ -526,9 +761,18 @@ def main(argv: list[str] | None = None) -> int:
                 "send_window": SEND_WINDOW,
                 "upload_chunk": workloads.CHUNK,
             },
+            "servers": {
+                t.name: {"command": t.command, "started_with": t.how}
+                for t in targets
+                if isinstance(t, ServerTarget)
+            },
             "seconds": elapsed,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+            "notes": notes,
             "results": results,
             "table": text,
+            "goals": checklist,
         }
         Path(args.json).write_text(json.dumps(document, indent=1, default=str) + "\n")
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,10 +26,16 @@ from bench.client import (
     open_session,
     open_websockify,
 )
+from bench.wisp_client import WispSession, WispStream, open_wisp
 from tcpsocket.messages import Event
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token-0123456789"
+#: Long enough for a daemon that wants a minimum token length.
+TOKEN = "bench-token-0123456789abcdef0123456789abcdef"
+#: The daemon may deny loopback destinations by default: the benchmark allows them.
+ALLOW = "127.0.0.1:*"
+WISP_NODE_PACKAGE = "wisp-server-node"
+WISP_NODE_VERSION = "1.1.8"
 
 
 def free_port() -> int:
@@ -111,6 +119,20 @@ class Processes:
             self.stop(proc)
 
 
+def start_remote(processes: Processes) -> tuple[int, int]:
+    """Start ``python -m bench.remote``; returns its port and process id."""
+    remote = processes.start(
+        "remote", [sys.executable, "-m", "bench.remote"], stdout=subprocess.PIPE
+    )
+    assert remote.stdout is not None
+    line = remote.stdout.readline()
+    remote.stdout.close()
+    if not line:
+        raise RuntimeError(f"the remote server did not start; see {processes.logdir}/remote.log")
+    found = json.loads(line)
+    return int(found["port"]), int(found["pid"])
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,14 +153,54 @@ def _script(name: str) -> str | None:
     return shutil.which(name)
 
 
+def _daemon_env(source: str | None) -> dict[str, str]:
+    path = [source, str(REPO), os.environ.get("PYTHONPATH")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
+def _twistd_heads() -> list[tuple[list[str], str]]:
+    twistd = _script("twistd")
+    heads = [([twistd], "twistd")] if twistd else []
+    return [*heads, ([sys.executable, "-m", "twisted"], "python -m twisted")]
+
+
+def daemon_help(source: str | None = None) -> str | None:
+    """``twistd tcpsocket --help`` of the daemon the benchmark would run (None: no plugin)."""
+    for head, _ in _twistd_heads():
+        probe = subprocess.run(
+            [*head, "tcpsocket", "--help"],
+            cwd=tempfile.gettempdir(),
+            env=_daemon_env(source),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if probe.returncode == 0 and "--listen" in probe.stdout:
+            return probe.stdout
+    return None
+
+
+def lists_option(help_text: str | None, option: str) -> bool:
+    """Whether a usage text lists ``option`` (``--workers``: ``--workers=`` or ``--workers N``)."""
+    if not help_text:
+        return False
+    return re.search(rf"(?m)^\s*(-\w, )?{re.escape(option)}(=|\s|$)", help_text) is not None
+
+
 def daemon_command(
-    port: int, settings: dict[str, int], mode: str = "auto"
+    port: int,
+    settings: dict[str, int],
+    mode: str = "auto",
+    workers: int | None = None,
+    source: str | None = None,
 ) -> tuple[list[str], str]:
     """How to start the daemon, and which way was chosen.
 
     ``twistd -n tcpsocket`` if the plugin is registered; else ``python -m twisted``
     (twistd) run in the repository, which finds the in-tree plugin; else (or when a
-    setting has no command-line option) ``python -m bench.launch_daemon``.
+    setting has no command-line option) ``python -m bench.launch_daemon``. Loopback
+    destinations are allowed explicitly (``--allow 127.0.0.1:*``); ``workers`` adds
+    ``--workers N`` (twistd only: the caller checks that the daemon lists it).
     """
     cli_options = {
         "max_sockets_per_session",
@@ -154,25 +216,17 @@ def daemon_command(
     options: list[str] = []
     for name, value in settings.items():
         options += [f"--{name.replace('_', '-')}", str(value)]
+    if workers is not None:
+        options += ["--workers", str(workers)]
     listen = f"tcp:{port}:interface=127.0.0.1"
-    # The benchmark's remotes are on loopback, which the daemon denies by default.
-    tail = ["tcpsocket", "--listen", listen, "--token", TOKEN, "--allow", "127.0.0.1:*", *options]
+    tail = ["tcpsocket", "--listen", listen, "--token", TOKEN, "--allow", ALLOW, *options]
     twistd_head = ["-n", "--pidfile=", "--logfile", "-"]
     if mode in ("auto", "twistd") and set(settings) <= cli_options:
-        twistd = _script("twistd")
-        candidates = []
-        if twistd:
-            candidates.append(([twistd], "twistd"))
-        candidates.append(([sys.executable, "-m", "twisted"], "python -m twisted"))
-        for head, how in candidates:
-            env = dict(
-                os.environ,
-                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            )
+        for head, how in _twistd_heads():
             probe = subprocess.run(
                 [*head, "--help"],
                 cwd=tempfile.gettempdir(),
-                env=env,
+                env=_daemon_env(source),
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -181,7 +235,10 @@ def daemon_command(
                 return [*head, *twistd_head, *tail], how
         if mode == "twistd":
             raise RuntimeError("the tcpsocket twistd plugin is not registered")
+    if workers is not None:
+        raise RuntimeError("--workers needs the twistd plugin, not bench.launch_daemon")
     launcher = [sys.executable, "-m", "bench.launch_daemon", "--port", str(port), "--token", TOKEN]
+    launcher += ["--allow", ALLOW]
     for name, value in settings.items():
         launcher += ["--set", f"{name}={value}"]
     return launcher, "bench.launch_daemon"
@@ -199,10 +256,13 @@ class Target:
 
     name = ""
     pid: int | None = None
+    #: A server process of its own whose CPU is measured (direct TCP has none).
+    has_server = True
+    #: Many streams on one connection (the 100-stream workload), or one per stream.
+    multiplexes = False
 
     def __init__(self, remote_port: int) -> None:
         self.remote_port = remote_port
-        self._many_sessions: list[Session] = []
 
     def cpu(self) -> float:
         return procstat.tree_cpu_seconds(self.pid) if self.pid else 0.0
@@ -216,6 +276,20 @@ class Target:
 
     async def release(self, stream: Stream) -> None:
         await stream.close()
+
+    async def open_group(self, count: int) -> list[Stream]:
+        """``count`` streams for the 100-stream workload: all on one connection for a
+        multiplexing target, else one connection each."""
+        results = await asyncio.gather(*(self.open() for _ in range(count)), return_exceptions=True)
+        streams = [r for r in results if isinstance(r, Stream)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.release_group(streams)
+            raise errors[0]
+        return streams
+
+    async def release_group(self, streams: list[Stream]) -> None:
+        await self.close_many(streams)
 
     async def open_many(
         self, count: int, sessions: int, in_flight: int, should_stop: Any
@@ -260,6 +334,7 @@ class Target:
 
 class DirectTarget(Target):
     name = "direct"
+    has_server = False
 
     async def open(self) -> Stream:
         return await open_direct(self.remote_port)
@@ -274,6 +349,7 @@ class ServerTarget(Target):
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.how = ""
+        self.command: list[str] = []
 
     path_first: str | None = None
     extra_env: dict[str, str] | None = None
@@ -320,7 +396,83 @@ class WebsockifyTarget(ServerTarget):
         return await open_websockify(self.port)
 
 
-class DaemonTarget(ServerTarget):
+class MuxTarget(ServerTarget):
+    """A server that multiplexes streams over one WebSocket (a tcpsocket session, a
+    Wisp connection). ``open`` gives each stream a connection of its own; ``open_group``
+    and ``open_many`` share connections."""
+
+    multiplexes = True
+
+    def __init__(self, remote_port: int, processes: Processes) -> None:
+        super().__init__(remote_port, processes)
+        self._sessions: list[Any] = []
+
+    async def new_session(self) -> Any:
+        raise NotImplementedError
+
+    async def open_on(self, session: Any, data_only: bool = False) -> Stream:
+        """A stream to the remote on ``session``."""
+        raise NotImplementedError
+
+    async def open(self) -> Stream:
+        session = await self.new_session()
+        try:
+            return await self.open_on(session)
+        except BaseException:
+            await session.close()
+            raise
+
+    async def open_group(self, count: int) -> list[Stream]:
+        session = await asyncio.wait_for(self.new_session(), 60)
+        self._sessions.append(session)
+        try:
+            return [await asyncio.wait_for(self.open_on(session), 60) for _ in range(count)]
+        except BaseException:
+            await self.release_group([])
+            raise
+
+    async def open_many(
+        self, count: int, sessions: int, in_flight: int, should_stop: Any
+    ) -> tuple[list[Stream], list[str]]:
+        gate = asyncio.Semaphore(in_flight)
+        opened: list[Any] = []
+        failures: list[str] = []
+
+        async def new_session() -> None:
+            async with gate:
+                try:
+                    opened.append(await asyncio.wait_for(self.new_session(), 60))
+                except Exception as e:
+                    failures.append(f"session: {type(e).__name__}: {e}")
+
+        await asyncio.gather(*(new_session() for _ in range(sessions)))
+        self._sessions += opened
+        if not opened:
+            return [], failures
+        streams: list[Stream] = []
+
+        async def one(session: Any) -> None:
+            async with gate:
+                if should_stop(len(failures), len(streams) + len(failures)):
+                    return
+                try:
+                    stream = await asyncio.wait_for(self.open_on(session, data_only=True), 60)
+                    await asyncio.wait_for(_prove(stream), 60)
+                    streams.append(stream)
+                except Exception as e:
+                    failures.append(f"{type(e).__name__}: {e}")
+
+        await asyncio.gather(*(one(opened[i % len(opened)]) for i in range(count)))
+        return streams, failures
+
+    async def close_many(self, streams: list[Stream]) -> None:
+        sessions, self._sessions = self._sessions, []
+        await asyncio.gather(
+            *(asyncio.wait_for(s.close(), 10) for s in sessions), return_exceptions=True
+        )
+
+
+class DaemonTarget(MuxTarget):
     name = "tcpsocket"
 
     def __init__(
@@ -331,63 +483,126 @@ class DaemonTarget(ServerTarget):
         mode: str,
         source: str | None = None,
         env: dict[str, str] | None = None,
+        workers: int | None = None,
     ) -> None:
         super().__init__(remote_port, processes)
         self.settings = settings
         self.mode = mode
         self.path_first = source
         self.extra_env = env
+        self.workers = workers
+        if workers is not None:
+            self.name = f"tcpsocket-w{workers}"
 
     def argv(self, port: int) -> list[str]:
-        argv, self.how = daemon_command(port, self.settings, self.mode)
+        argv, self.how = daemon_command(
+            port, self.settings, self.mode, self.workers, self.path_first
+        )
         return argv
 
-    async def open(self) -> Stream:
-        session = await open_session(self.port, TOKEN)
-        return await session.open("127.0.0.1", self.remote_port)
+    async def new_session(self) -> Session:
+        return await open_session(self.port, TOKEN)
+
+    async def open_on(self, session: Any, data_only: bool = False) -> Stream:
+        # The echo streams of the many-sockets workload only need DATA events.
+        events = (Event.DATA,) if data_only else tuple(Event)
+        stream: DaemonStream = await session.open("127.0.0.1", self.remote_port, events)
+        return stream
 
     async def release(self, stream: Stream) -> None:
         assert isinstance(stream, DaemonStream)
         await stream.session.close()
 
-    async def open_many(
-        self, count: int, sessions: int, in_flight: int, should_stop: Any
-    ) -> tuple[list[Stream], list[str]]:
-        gate = asyncio.Semaphore(in_flight)
-        opened: list[Session] = []
-        failures: list[str] = []
 
-        async def new_session() -> None:
-            async with gate:
-                try:
-                    opened.append(await asyncio.wait_for(open_session(self.port, TOKEN), 60))
-                except Exception as e:
-                    failures.append(f"session: {type(e).__name__}: {e}")
+class WispTarget(MuxTarget):
+    """A Wisp server, through the benchmark's own Wisp v1 client."""
 
-        await asyncio.gather(*(new_session() for _ in range(sessions)))
-        if not opened:
-            return [], failures
-        streams: list[Stream] = []
+    async def new_session(self) -> WispSession:
+        return await open_wisp(self.port, "/")
 
-        async def one(session: Session) -> None:
-            async with gate:
-                if should_stop(len(failures), len(streams) + len(failures)):
-                    return
-                try:
-                    stream = await asyncio.wait_for(
-                        session.open("127.0.0.1", self.remote_port, (Event.DATA,)), 60
-                    )
-                    await asyncio.wait_for(_prove(stream), 60)
-                    streams.append(stream)
-                except Exception as e:
-                    failures.append(f"{type(e).__name__}: {e}")
+    async def open_on(self, session: Any, data_only: bool = False) -> Stream:
+        assert isinstance(session, WispSession)
+        return session.open("127.0.0.1", self.remote_port)
 
-        await asyncio.gather(*(one(opened[i % len(opened)]) for i in range(count)))
-        self._many_sessions = opened
-        return streams, failures
+    async def release(self, stream: Stream) -> None:
+        assert isinstance(stream, WispStream)
+        await stream.session.close()
 
-    async def close_many(self, streams: list[Stream]) -> None:
-        sessions, self._many_sessions = self._many_sessions, []
-        await asyncio.gather(
-            *(asyncio.wait_for(s.close(), 10) for s in sessions), return_exceptions=True
+
+class WispPythonTarget(WispTarget):
+    """wisp-python (PyPI), asyncio on uvloop: one server process (``--threads 1``)."""
+
+    name = "wisp-python"
+
+    def argv(self, port: int) -> list[str]:
+        self.how = "python -m wisp.server --threads 1 (one process; uvloop)"
+        return [
+            sys.executable,
+            "-m",
+            "wisp.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--allow-loopback",
+            "--log-level",
+            "warning",
+        ]
+
+
+def wisp_node_dir() -> Path:
+    """Where the benchmark keeps its npm install of wisp-server-node (outside the repo)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "tcpsocket-bench" / f"{WISP_NODE_PACKAGE}-{WISP_NODE_VERSION}"
+
+
+def ensure_wisp_node(prefix: Path) -> Path:
+    """Install wisp-server-node with npm under ``prefix`` unless it is there; returns the
+    ``node_modules`` directory."""
+    modules = prefix / "node_modules"
+    manifest = modules / WISP_NODE_PACKAGE / "package.json"
+    if not manifest.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("the wisp-server-node target needs npm (and node)")
+        prefix.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                f"{WISP_NODE_PACKAGE}@{WISP_NODE_VERSION}",
+            ],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
         )
+    version = json.loads(manifest.read_text())["version"]
+    if version != WISP_NODE_VERSION:
+        raise RuntimeError(f"{manifest} is version {version}, wanted {WISP_NODE_VERSION}")
+    return modules
+
+
+class WispNodeTarget(WispTarget):
+    """wisp-server-node (npm) on Node.js, started by ``bench/wisp_node_server.js``."""
+
+    name = "wisp-server-node"
+
+    def __init__(self, remote_port: int, processes: Processes, prefix: Path | None = None) -> None:
+        super().__init__(remote_port, processes)
+        self.prefix = prefix or wisp_node_dir()
+
+    def argv(self, port: int) -> list[str]:
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError("the wisp-server-node target needs Node.js (node)")
+        self.extra_env = {"NODE_PATH": str(ensure_wisp_node(self.prefix))}
+        version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+        self.how = f"node {version.strip()}, {WISP_NODE_PACKAGE} {WISP_NODE_VERSION}"
+        return [node, str(REPO / "bench" / "wisp_node_server.js"), str(port)]

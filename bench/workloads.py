@@ -1,4 +1,5 @@
-"""The workloads: bulk download/upload, 64-byte echo, many sockets.
+"""The workloads: bulk download/upload, 64-byte echo, 100 streams on one WebSocket,
+many sockets.
 
 Each returns a dict of plain numbers. CPU is measured from /proc around the timed part
 only (connection setup and teardown excluded): the target's server process tree
@@ -53,15 +54,18 @@ class Meter:
             self.stop()
 
     def cpu(self, per: float, unit: str) -> dict[str, float]:
-        """CPU seconds of each process divided by ``per`` (e.g. GiB moved)."""
-        return {
-            f"server_cpu_{unit}": self.server / per,
+        """CPU seconds of each process divided by ``per`` (e.g. GiB moved); no server
+        figures for a target without a server process (direct TCP)."""
+        found = {
             f"remote_cpu_{unit}": self.remote / per,
             f"client_cpu_{unit}": self.client / per,
             "client_cpu_util": self.client / self.wall if self.wall else 0.0,
-            "server_cpu_util": self.server / self.wall if self.wall else 0.0,
             "other_cpu_util": self.other / self.wall if self.wall else 0.0,
         }
+        if self.target.has_server:
+            found[f"server_cpu_{unit}"] = self.server / per
+            found["server_cpu_util"] = self.server / self.wall if self.wall else 0.0
+        return found
 
 
 def _daemon_stats(stream: Stream) -> dict[str, int]:
@@ -114,6 +118,96 @@ async def bulk_upload(target: Target, remote_pid: int, size: int) -> dict[str, A
         }
     finally:
         await target.release(stream)
+
+
+def jain_index(values: list[int] | list[float]) -> float:
+    """Jain's fairness index, (sum x)^2 / (n * sum x^2): 1 when all equal, 1/n when one
+    value has everything; 1 for no values or all zero (nothing was shared unfairly)."""
+    if not values:
+        return 1.0
+    squares = sum(float(v) * v for v in values)
+    if not squares:
+        return 1.0
+    total = float(sum(values))
+    return total * total / (len(values) * squares)
+
+
+async def many_streams_download(
+    target: Target,
+    remote_pid: int,
+    count: int,
+    size: int,
+    stall_seconds: float = 10.0,
+) -> dict[str, Any]:
+    """``count`` streams download ``size`` bytes each at once: on one WebSocket for a
+    multiplexing target (one tcpsocket session, one Wisp connection), on ``count`` plain
+    connections for direct TCP.
+
+    Reports the aggregate MB/s and the fairness at half-time, the moment half of all the
+    bytes have arrived: Jain's index of the per-stream byte counts, and how many streams
+    are still at 0 bytes. A transfer that makes no progress for ``stall_seconds`` is
+    reported as stalled, with what had arrived.
+    """
+    streams = await target.open_group(count)
+    try:
+        total = count * size
+        arrived = 0
+        half: list[int] = []
+
+        def observe(n: int) -> None:
+            nonlocal arrived
+            arrived += n
+            if not half and arrived >= total // 2:
+                half.extend(s.received for s in streams)
+
+        for stream in streams:
+            stream.observer = observe
+        loop = asyncio.get_running_loop()
+        with Meter(target, remote_pid) as meter:
+            for stream in streams:
+                await stream.write(b"S" + size.to_bytes(8, "big"))
+            done = asyncio.ensure_future(
+                asyncio.gather(*(s.until(size) for s in streams), return_exceptions=True)
+            )
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            seen, progress_at, stalled = -1, loop.time(), False
+            while not done.done():
+                await asyncio.wait({done}, timeout=0.25)
+                if arrived != seen:
+                    seen, progress_at = arrived, loop.time()
+                elif loop.time() - progress_at > stall_seconds:
+                    stalled = True
+                    done.cancel()
+                    break
+            meter.stop()
+        errors = [] if stalled else [r for r in done.result() if isinstance(r, BaseException)]
+        finished = sum(1 for s in streams if s.received >= size)
+        result: dict[str, Any] = {
+            "streams": count,
+            "bytes_per_stream": size,
+            "bytes": arrived,
+            "seconds": meter.wall,
+            "streams_finished": finished,
+            "errors": len(errors),
+            "error_sample": [f"{type(e).__name__}: {e}" for e in errors[:3]],
+            **meter.cpu(max(arrived, 1) / GiB, "s_per_GiB"),
+        }
+        if stalled:
+            result["stalled"] = (
+                f"stalled after {arrived / MB:,.0f} of {total / MB:,.0f} MB,"
+                f" {finished} of {count} streams done"
+            )
+        elif errors or finished < count:
+            result["failed"] = f"{count - finished} of {count} streams did not finish"
+        else:
+            result["MBps"] = total / meter.wall / MB
+        if half:
+            result["half_jain"] = jain_index(half)
+            result["half_streams_at_zero"] = sum(1 for b in half if b == 0)
+            result["half_min_max_bytes"] = [min(half), max(half)]
+        return result
+    finally:
+        await target.release_group(streams)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -186,7 +280,7 @@ class EchoRun:
         count = len(latencies)
         per = count / 1e6 if count else float("nan")
         wall = self.wall or float("nan")
-        return {
+        found = {
             "round_trips": count,
             "seconds": self.wall,
             "rt_per_s": count / wall,
@@ -194,13 +288,15 @@ class EchoRun:
             "p90_us": _percentile(latencies, 0.90) / 1000,
             "p99_us": _percentile(latencies, 0.99) / 1000,
             "mean_us": statistics.fmean(latencies) / 1000 if latencies else float("nan"),
-            "server_cpu_us_per_rt": self.server / per,
             "remote_cpu_us_per_rt": self.remote / per,
             "client_cpu_us_per_rt": self.client / per,
             "client_cpu_util": self.client / wall,
-            "server_cpu_util": self.server / wall,
             "other_cpu_util": self.other / wall,
         }
+        if self.target.has_server:
+            found["server_cpu_us_per_rt"] = self.server / per
+            found["server_cpu_util"] = self.server / wall
+        return found
 
 
 async def echo(target: Target, remote_pid: int, seconds: float, size: int = 64) -> dict[str, Any]:
@@ -310,6 +406,10 @@ async def many_sockets(
                 errors.append("echo phase did not finish within 60 s of its end")
             echoing.stop()
         total = sum(counts)
+        if target.has_server:
+            result["echo_server_cpu_us_per_rt"] = (
+                echoing.server / total * 1e6 if total else float("nan")
+            )
         memory2 = target.memory()
         result.update(
             echo_round_trips=total,
@@ -318,7 +418,6 @@ async def many_sockets(
             sockets_that_echoed=sum(1 for c in counts if c),
             echo_errors=len(errors),
             echo_error_sample=errors[:3],
-            echo_server_cpu_us_per_rt=echoing.server / total * 1e6 if total else float("nan"),
             echo_client_cpu_util=echoing.client / echoing.wall,
             echo_other_cpu_util=echoing.other / echoing.wall,
         )
