@@ -104,6 +104,11 @@ def _shown(text: str, limit: int = 100) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
+def _remote(host: str, port: int) -> str:
+    """``host:port`` for the logs (``[::1]:6667`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _connect_timed_out(result: Any, timeout: float) -> Any:
     """An open cancelled by its timeout failed by timing out, even in a name lookup
     (which HostnameEndpoint reports as a lookup failure when cancelled)."""
@@ -339,7 +344,7 @@ class TcpSocketManagerService(SocketOwner):
                 host=host,
                 port=port,
                 session=session.session_id,
-                remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                remote=_remote(host, port),
             )
             self._respond(0, request_id, encode_open_success(socket.socket_id))
 
@@ -363,6 +368,8 @@ class TcpSocketManagerService(SocketOwner):
                 host=host,
                 port=port,
                 why=why,
+                reason=why,
+                remote=_remote(host, port),
             )
             fail(detail)
 
@@ -377,6 +384,7 @@ class TcpSocketManagerService(SocketOwner):
             host=host,
             port=port,
             reason=reason,
+            remote=_remote(host, port),
         )
         fail(f"not allowed: {reason}")
 
