@@ -102,9 +102,9 @@ def spawn_process(test: Any, argv: list[str], cwd: Path, env: dict[str, str] | N
     if env is None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("WS_RUNTIME_TOKEN", None)
-    from tests.test_operations import _Collect
+    from tests.support import ProcessOutput
 
-    collect = _Collect()
+    collect = ProcessOutput()
     process = reactor.spawnProcess(collect, argv[0], argv, env=env, path=str(cwd))  # type: ignore[attr-defined]
     collect.process = process  # type: ignore[attr-defined]
 

@@ -13,7 +13,6 @@ from unittest import mock
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -24,7 +23,7 @@ from tcpsocket.jsonlog import event_as_json_line
 from tcpsocket.messages import encode_handshake
 from tcpsocket.tap import Options
 from tcpsocket.tokens import load_tokens_file
-from tests.support import raw_client_on, temp_dir, wait_until
+from tests.support import ProcessOutput, raw_client_on, temp_dir, wait_until
 
 ROOT = Path(__file__).parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -173,23 +172,9 @@ class OptionErrorTests(SynchronousTestCase):
         self.assertIn(f"## {tcpsocket.__version__}", changelog)
 
 
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
-def spawn_twistd(test: Any, args: list[str], cwd: Path, env: dict[str, str]) -> _Collect:
+def spawn_twistd(test: Any, args: list[str], cwd: Path, env: dict[str, str]) -> ProcessOutput:
     """Start ``twistd`` (this worktree's code), killed at cleanup if still running."""
-    collect = _Collect()
+    collect = ProcessOutput()
     environment = dict(env, PYTHONPATH=str(ROOT))
     process = reactor.spawnProcess(  # type: ignore[attr-defined]
         collect, TWISTD[0], [*TWISTD, *args], env=environment, path=str(cwd)
@@ -310,7 +295,7 @@ async def run_twistd_without_openssl(*args: str, env: dict[str, str]) -> tuple[s
 class TwistdProcessTests(TestCase):
     async def start(
         self, cwd: Path, *args: str, token: str = "from-environment"
-    ) -> tuple[_Collect, str]:
+    ) -> tuple[ProcessOutput, str]:
         path = str(cwd / f"d{len(os.listdir(cwd))}.sock")
         env = dict(os.environ, WS_RUNTIME_TOKEN=token)
         daemon = spawn_twistd(
@@ -320,7 +305,7 @@ class TwistdProcessTests(TestCase):
         self.assertFalse(daemon.ended.called, daemon.output.decode())
         return daemon, path
 
-    async def stop(self, daemon: _Collect) -> None:
+    async def stop(self, daemon: ProcessOutput) -> None:
         daemon.process.signalProcess(signal.SIGTERM)  # type: ignore[attr-defined]
         await daemon.ended
 

@@ -17,8 +17,15 @@ from tcpsocket.policy import AllowList, Rule
 from tcpsocket.reload import HangupReload, apply_reload
 from tcpsocket.tokens import Token, TokenStore
 from tests.session_helpers import session
-from tests.support import Echo, listen_remote, raw_client_on, temp_dir, test_config, wait_until
-from tests.test_tap import _Collect
+from tests.support import (
+    Echo,
+    ProcessOutput,
+    listen_remote,
+    raw_client_on,
+    temp_dir,
+    test_config,
+    wait_until,
+)
 from tests.twistd_helpers import start_twistd
 
 
@@ -61,7 +68,7 @@ class HangupTests(TestCase):
         raw.send(encode_handshake(token))
         return await raw.next(), raw
 
-    async def hangup(self, process: Any, collect: _Collect, line: bytes) -> None:
+    async def hangup(self, process: Any, collect: ProcessOutput, line: bytes) -> None:
         seen = collect.output.count(line)
         process.signalProcess(signal.SIGHUP)
         await wait_until(lambda: collect.output.count(line) > seen, timeout=30)

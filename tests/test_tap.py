@@ -11,10 +11,8 @@ from unittest import mock
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.config import DEFAULT_LISTEN
@@ -23,7 +21,7 @@ from tcpsocket.policy import AllowList
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tap import Options, makeService
-from tests.support import raw_client_on, temp_dir, wait_until
+from tests.support import ProcessOutput, raw_client_on, temp_dir, wait_until
 
 ROOT = Path(__file__).parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -258,20 +256,6 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(children), 3)  # two listeners and the SIGHUP reload
 
 
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
 class TwistdTests(TestCase):
     async def test_help_documents_every_option(self) -> None:
         out, err, code = await getProcessOutputAndValue(
@@ -331,7 +315,7 @@ class TwistdTests(TestCase):
 
     async def test_daemon_serves_on_unix_socket_and_logs_sessions(self) -> None:
         path = str(temp_dir(self) / "daemon.sock")
-        collect = _Collect()
+        collect = ProcessOutput()
         env = dict(os.environ, WS_RUNTIME_TOKEN="from-environment")
         process = reactor.spawnProcess(  # type: ignore[attr-defined]
             collect,

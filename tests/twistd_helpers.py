@@ -8,8 +8,8 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 
-from tests.support import TOKEN, temp_dir, wait_until
-from tests.test_tap import ROOT, TWISTD, _Collect
+from tests.support import TOKEN, ProcessOutput, temp_dir, wait_until
+from tests.test_tap import ROOT, TWISTD
 
 
 async def start_twistd(
@@ -18,7 +18,7 @@ async def start_twistd(
     token: str | None = TOKEN,
     allow: str = "127.0.0.1:*",
     twistd: tuple[str, ...] = (),
-) -> tuple[Any, _Collect, str]:
+) -> tuple[Any, ProcessOutput, str]:
     """Start the daemon with ``options``, ``--allow allow`` and ``--token token`` (if given).
 
     ``twistd`` options (such as ``--logfile``) go before the ``tcpsocket`` command.
@@ -27,7 +27,7 @@ async def start_twistd(
     process is killed at test cleanup if it is still running.
     """
     path = str(temp_dir(test) / "daemon.sock")
-    collect = _Collect()
+    collect = ProcessOutput()
     args = [*TWISTD, "-n", "--pidfile=", *twistd, "tcpsocket", "--listen", f"unix:{path}"]
     args += ["--allow", allow, *options]
     if token is not None:
