@@ -424,48 +424,6 @@ class SeedTests(BrowserTestCase):
         self.assertEqual(bytes(echo.received), b"seed ping")
 
 
-class DocExampleTests(BrowserTestCase):
-    def example_pages(self) -> tuple[str, str]:
-        """The doc's complete example page, and its ES-module version as the doc describes it."""
-        text = (REPO / "doc" / "javascript.md").read_text(encoding="utf-8")
-        start = text.index("## Complete example page")
-        first = text.index("```html\n", start) + 8
-        html = text[first : text.index("```\n", first)]
-        second = text.index("```html\n", first) + 8
-        module_head = text[second : text.index("  // ...the same code...\n", second)]
-        tags = "".join(line + "\n" for line in html.splitlines() if line.startswith("<script src="))
-        self.assertEqual(tags.count("<script src="), 3)
-        module = html.replace(tags, "").replace("<script>\n", module_head, 1)
-        return tuple(  # type: ignore[return-value]
-            page.replace("127.0.0.1:8081", f"127.0.0.1:{self.port}") for page in (html, module)
-        )
-
-    async def run_example(self, html: str) -> None:
-        echo, echo_port = await listen_remote(self, Echo)
-        self.app.pages[b"example.html"] = html.encode()
-        page = await self.new_page(f"http://127.0.0.1:{self.app_port}/example.html")
-
-        def drive() -> None:
-            page.wait_for_function(OUTPUT_HAS, arg="[session ready]")
-            page.fill("#port", str(echo_port))
-            page.click("#connect")
-            page.wait_for_selector("#send:not([disabled])")
-            page.fill("#line", "from the docs")
-            page.click("#send")
-            page.wait_for_function(OUTPUT_HAS, arg="from the docs\r\n")
-            page.click("#close")
-            page.wait_for_function(OUTPUT_HAS, arg="[closed]")
-
-        await HOST.run(drive)
-        self.assertEqual(bytes(echo.received), b"from the docs\r\n")
-
-    async def test_complete_example_page_of_the_docs(self) -> None:
-        await self.run_example(self.example_pages()[0])
-
-    async def test_es_module_version_of_the_example_page(self) -> None:
-        await self.run_example(self.example_pages()[1])
-
-
 class EchoTests(BrowserTestCase):
     async def test_text_round_trip(self) -> None:
         echo, echo_port = await listen_remote(self, Echo)

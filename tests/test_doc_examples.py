@@ -47,7 +47,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "doc").glob("*.md"))]
 CODE_LANGUAGES = {"python", "py", "sh", "bash", "shell", "html", "js", "javascript", "toml", "json"}
 #: Docs whose examples other work owns and that are not files yet (say why).
 NOT_YET = {
-    "javascript.md": "the JavaScript library's examples (in rework with the library itself)",
     "performance.md": "benchmark commands, run by bench/ itself",
 }
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
