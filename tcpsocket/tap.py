@@ -19,6 +19,7 @@ from tcpsocket._version import __version__
 from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.configfile import apply_config_file, command_line_settings, name_coercions
+from tcpsocket.jwt_tokens import JwtVerifier, RedisUsedRecord
 from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
@@ -29,7 +30,8 @@ TOKEN_VARIABLE = "WS_RUNTIME_TOKEN"
 
 _NO_TOKEN = (
     "no session token is set: start with WS_RUNTIME_TOKEN=<secret> in the environment, "
-    "or --token <secret>, or --tokens-file <file.json>"
+    "or --token <secret>, or --tokens-file <file.json>, or --jwt-secret-file / "
+    "--jwt-public-key-file"
 )
 
 
@@ -203,6 +205,35 @@ class Options(usage.Options):
             "stay used across restarts; created if missing.",
         ],
         [
+            "jwt-secret-file",
+            None,
+            None,
+            "File holding the HS256 secret (32+ bytes) of signed session tokens (JWT; "
+            "doc/security.md).",
+        ],
+        [
+            "jwt-public-key-file",
+            None,
+            None,
+            "PEM file of the RSA (RS256) or EC P-256 (ES256) public key of signed session tokens.",
+        ],
+        ["jwt-audience", None, None, "Signed tokens must carry this 'aud' claim."],
+        ["jwt-issuer", None, None, "Signed tokens must carry this 'iss' claim."],
+        [
+            "jwt-leeway",
+            None,
+            30.0,
+            "Seconds of clock skew allowed when checking 'exp', 'nbf' and 'iat'.",
+            _non_negative_float,
+        ],
+        [
+            "jwt-used-store",
+            None,
+            None,
+            "redis://HOST:PORT/DB recording the 'jti' of single-use signed tokens for every "
+            "node [default: this process's memory].",
+        ],
+        [
             "handshake-message-size",
             None,
             4096,
@@ -341,7 +372,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         environment = os.environ.get(TOKEN_VARIABLE)
         try:
-            tokens = TokenStore(used_tokens_file=self["used-tokens-file"])
+            policy = DestinationPolicy()
+            tokens = TokenStore(
+                used_tokens_file=self["used-tokens-file"], jwt=self._jwt_verifier(policy)
+            )
             if environment:
                 tokens.add(Token(environment))
             for value in self["token"]:
@@ -387,6 +421,7 @@ class Options(usage.Options):
             config_values["policy"] = DestinationPolicy(
                 self["allow"], {k: v for k, v in per_identity.items() if v}
             )
+            config_values["policy"].claimed = policy.claimed
             if not len(tokens):
                 raise usage.UsageError(_NO_TOKEN)
             # The --config file was read before parsing; "config" now holds the result.
@@ -401,6 +436,21 @@ class Options(usage.Options):
                 _check_strport(option, description)
         if self.parent is not None:
             self._adjust_twistd(self.parent)
+
+    def _jwt_verifier(self, policy: DestinationPolicy) -> JwtVerifier | None:
+        """The verifier of signed tokens, if a key is given; their rules go to ``policy``."""
+        if not (self["jwt-secret-file"] or self["jwt-public-key-file"]):
+            return None
+        store = self["jwt-used-store"]
+        return JwtVerifier.from_files(
+            self["jwt-secret-file"],
+            self["jwt-public-key-file"],
+            audience=self["jwt-audience"],
+            issuer=self["jwt-issuer"],
+            leeway=self["jwt-leeway"],
+            used=RedisUsedRecord(store) if store else None,
+            claimed_rules=policy.claimed,
+        )
 
     def _option_names(self, message: str) -> str:
         """``message`` naming options as ``--high-water-mark``, not ``high_water_mark``."""
