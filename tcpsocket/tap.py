@@ -9,10 +9,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from tcpsocket import jsonlog
 from tcpsocket._version import __version__
@@ -20,10 +23,18 @@ from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.configfile import apply_config_file, command_line_settings, name_coercions
 from tcpsocket.jwt_tokens import JwtVerifier, RedisUsedRecord
+from tcpsocket.observability import Access
 from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tokens import Token, TokenStore, load_tokens_file
+from tcpsocket.workers import (
+    AggregateMetricsResource,
+    WorkerControl,
+    WorkerPool,
+    divide_budgets,
+    tcp_listen_address,
+)
 
 #: The environment variable holding the desktop token.
 TOKEN_VARIABLE = "WS_RUNTIME_TOKEN"
@@ -203,6 +214,21 @@ class Options(usage.Options):
             None,
             "File recording the single-use tokens consumed (SHA-256 digests), so that they "
             "stay used across restarts; created if missing.",
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Worker processes sharing the listeners (tcp: strports); the parent hands each "
+            "connection to the least-loaded one and divides the global budgets among them.",
+            _positive_int,
+        ],
+        [
+            "worker-share",
+            None,
+            0,
+            "(internal) Run as one of this many workers, on the control socket from the parent.",
+            int,
         ],
         [
             "jwt-secret-file",
@@ -434,6 +460,12 @@ class Options(usage.Options):
             values = self[option] if option == "listen" else [self[option]]
             for description in filter(None, values):
                 _check_strport(option, description)
+        if self["workers"] > 1:
+            for description in self["listen"]:
+                try:
+                    tcp_listen_address(description)
+                except ValueError as e:
+                    raise usage.UsageError(str(e)) from None
         if self.parent is not None:
             self._adjust_twistd(self.parent)
 
@@ -523,19 +555,54 @@ def reparse(options: Options) -> ServerConfig:
     fresh = Options()
     fresh.parseOptions(options.arguments)
     config: ServerConfig = fresh["config"]
+    if fresh["worker-share"]:
+        config = divide_budgets(config, fresh["worker-share"])
     return config
+
+
+def _worker_argv(options: Options) -> list[str]:
+    """How the parent of ``--workers N`` starts each worker (the same options, one worker)."""
+    twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    return [*twistd, "--nodaemon", "--pidfile=", "tcpsocket", *options.arguments, "--workers=1"]
+
+
+def _make_pool(options: Options) -> IService:
+    """The parent of ``--workers N``: it accepts and supervises; the workers serve."""
+    pool = WorkerPool(options["workers"], options["listen"], _worker_argv(options))
+    if not options["metrics-listen"]:
+        return pool
+    parent = MultiService()
+    pool.setServiceParent(parent)
+    root = Resource()
+    access = Access(options["metrics-token"], local_only=False)
+    root.putChild(b"metrics", AggregateMetricsResource(pool, access))
+    endpoint = serverFromString(reactor_of(), options["metrics-listen"])
+    StreamServerEndpointService(endpoint, Site(root)).setServiceParent(parent)
+    return parent
+
+
+def reactor_of() -> Any:
+    """The global reactor (twistd's), for the service maker only."""
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (raising the open files limit first);
     SIGHUP reloads it."""
     raise_nofile_limit()
+    if options["workers"] > 1:
+        return _make_pool(options)
+    share = options["worker-share"]
     service = _DaemonService(
-        options["config"],
-        options["listen"],
-        metrics_listen=options["metrics-listen"],
+        divide_budgets(options["config"], share) if share else options["config"],
+        () if share else options["listen"],
+        metrics_listen=None if share else options["metrics-listen"],
         metrics_token=options["metrics-token"],
     )
+    if share:
+        WorkerControl(service.site).setServiceParent(service)
     twistd = options.parent
     service.foreground = twistd is None or bool(twistd.get("nodaemon"))
     HangupReload(partial(reparse, options), service.reconfigure).setServiceParent(service)
