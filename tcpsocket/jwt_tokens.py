@@ -212,6 +212,11 @@ class JwtVerifier:
 
         return cls(read(secret_file, "secret"), read(public_key_file, "public key"), **options)
 
+    def inherit(self, previous: JwtVerifier) -> None:
+        """After a reload: keep ``previous``'s in-process record of used single-use tokens."""
+        if isinstance(self.used, LocalUsedRecord) and isinstance(previous.used, LocalUsedRecord):
+            self.used = previous.used
+
     def verify(self, value: str, origin: str | None = None) -> Token | None:
         """The token's grant, or None (the reason is logged at debug level)."""
         claims = self._decode(value)

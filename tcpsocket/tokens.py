@@ -102,6 +102,8 @@ class TokenStore:
         fresh = TokenStore(tokens)
         self._tokens = fresh._tokens
         if isinstance(tokens, TokenStore):
+            if tokens.jwt is not None and self.jwt is not None:
+                tokens.jwt.inherit(self.jwt)
             self.jwt = tokens.jwt
 
     def add(self, token: Token) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -144,6 +146,15 @@ class VerifierTests(SynchronousTestCase):
         reloaded = apply_reload(live, fresh)
         self.assertIsNotNone(reloaded.policy.check("alice", "127.0.0.1", 25), "kept on reload")
 
+    def test_reload_keeps_used_single_use_tokens(self) -> None:
+        live = TokenStore(jwt=JwtVerifier(SECRET))
+        value = mint({"single_use": True, "jti": "kept"})
+        self.assertIsNotNone(live.authenticate(value))
+        live.replace(TokenStore(jwt=JwtVerifier(SECRET)))
+        self.assertIsNone(live.authenticate(value))
+        live.replace(TokenStore())
+        self.assertIsNone(live.authenticate(mint({})), "signed tokens turned off by the reload")
+
     def test_options(self) -> None:
         directory = temp_dir(self)
         secret = directory / "secret"
@@ -277,3 +288,24 @@ async def session_echo(url: str, token: str, echo_port: int, payload: bytes) -> 
     await sock.send(payload)
     await wait_until(lambda: bytes(received) == payload)
     await session.close()
+
+
+class MintExampleTests(SynchronousTestCase):
+    def test_doc_example_mints_what_the_daemon_accepts(self) -> None:
+        directory = temp_dir(self)
+        secret = directory / "secret"
+        secret.write_bytes(SECRET)
+        example = Path(__file__).parent.parent / "doc" / "examples" / "mint_jwt.py"
+        minted = subprocess.run(
+            [sys.executable, str(example), str(secret), "mail-app", "--single-use"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        verifier = JwtVerifier(SECRET, audience="tcpsocket")
+        token = verifier.verify(minted, "https://mail.example.org")
+        assert token is not None
+        self.assertEqual(token.identity, "mail-app")
+        self.assertTrue(token.single_use)
+        self.assertEqual(len(token.rules), 2)
+        self.assertIsNone(verifier.verify(minted, "https://mail.example.org"), "used")

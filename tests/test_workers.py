@@ -229,6 +229,18 @@ class UnitTests(SynchronousTestCase):
         self.assertRaises(ValueError, tcp_listen_address, "unix:/tmp/x")
         self.assertRaises(ValueError, tcp_listen_address, "ssl:443:privateKey=k")
 
+    def test_workers_need_tcp_listeners(self) -> None:
+        from twisted.python.usage import UsageError
+
+        from tcpsocket.tap import Options
+
+        with self.assertRaises(UsageError) as caught:
+            Options().parseOptions(["--workers", "2", "--listen", "unix:/x", "--token", TOKEN])
+        self.assertIn("--workers needs tcp:PORT:interface=ADDR listeners", str(caught.exception))
+        options = Options()
+        options.parseOptions(["--workers", "2", "--token", TOKEN])
+        self.assertEqual(options["workers"], 2)
+
     def test_metrics_added(self) -> None:
         one = b"# HELP a_total A.\n# TYPE a_total counter\na_total 2.0\na_created 5.0\n"
         two = b"# HELP a_total A.\n# TYPE a_total counter\na_total 3.0\na_created 6.0\n"
