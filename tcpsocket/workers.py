@@ -514,7 +514,8 @@ class WorkerControl(Service):
         self.site.listening_on(address("TCP", host, port))
 
     def load(self) -> int:
-        return len(self.site.session_factory.sessions)
+        """Connections held: those without a session yet, and the sessions."""
+        return len(self.site.admission) + self.site.session_factory.authenticated_sessions()
 
     def metrics_text(self) -> bytes:
         from prometheus_client import generate_latest

@@ -144,6 +144,22 @@ class WorkersTests(TestCase):
         self.assertEqual(metrics["tcpsocket_sessions_total"], 4.0, "the workers' sum")
         self.assertEqual(metrics["tcpsocket_sessions_open"], 4.0)
 
+    async def test_by_load_not_in_turn(self) -> None:
+        daemon = Daemon(self, 2)
+        await daemon.up()
+        first, ok1 = await handshake(self, daemon.port, TOKEN)
+        _, ok2 = await handshake(self, daemon.port, TOKEN)
+        await daemon.loads([1, 1])
+        for _ in range(2):
+            # The worker that lost a session is the least loaded: it gets the next, every time
+            # (taking turns would give the second one to the other worker: 0 and 2).
+            first.dropConnection(abort=True)
+            await daemon.loads([0, 1])
+            first, ok = await handshake(self, daemon.port, TOKEN)
+            self.assertTrue(ok)
+            await daemon.loads([1, 1])
+        self.assertTrue(ok1 and ok2)
+
     async def test_single_use_token_once_across_workers(self) -> None:
         used = temp_dir(self) / "used-tokens"
         daemon = Daemon(self, 2, "--used-tokens-file", str(used))
