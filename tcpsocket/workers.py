@@ -66,6 +66,8 @@ DIVIDED = (
 )
 #: Connections accepted per readiness event, at most.
 ACCEPTS_PER_TURN = 64
+#: Longest wait before a worker that died young is started again, in seconds.
+RESTART_DELAY_MAX = 5.0
 #: Seconds between a worker's load reports when nothing changes.
 REPORT_INTERVAL = 0.5
 
@@ -193,6 +195,8 @@ class _Worker(ProcessProtocol):
         self.in_flight: deque[socket.socket] = deque()
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
+        #: When it was started (reactor time).
+        self.started = pool._reactor.seconds()
         self._metrics_waiting: deque[Deferred[bytes]] = deque()
 
     def estimate(self) -> int:
@@ -321,13 +325,21 @@ class WorkerPool(Service):
             log.info("worker {index} (pid {pid}) stopped", index=worker.index, pid=worker.pid)
             return
         self.restarts += 1
+        lived = self._reactor.seconds() - worker.started
+        # A worker that dies young (a crash at start) is restarted ever later, up to 5 s.
+        delay = 0.0 if lived > RESTART_DELAY_MAX else min(RESTART_DELAY_MAX, 0.1 + lived * 2)
         log.error(
-            "worker {index} (pid {pid}) died ({why}); restarting it",
+            "worker {index} (pid {pid}) died ({why}); restarting it in {delay:.1f} s",
             index=worker.index,
             pid=worker.pid,
             why=str(reason.value),
+            delay=delay,
         )
-        self.workers[worker.index] = self._spawn(worker.index)
+        self._reactor.callLater(delay, self._restart, worker.index)
+
+    def _restart(self, index: int) -> None:
+        if not self.stopping:
+            self.workers[index] = self._spawn(index)
 
     def _on_hangup(self, signum: int, frame: Any) -> None:
         self._reactor.callFromThread(self.signal_workers, signal.SIGHUP)
@@ -393,7 +405,10 @@ def add_metrics(texts: Sequence[bytes]) -> bytes:
                 if sample.name.endswith("_created"):
                     continue  # a creation time: no sum makes sense
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                samples[key] = samples.get(key, 0.0) + sample.value
+                if family.name.endswith("_info"):  # the same facts from each worker, not a count
+                    samples[key] = max(samples.get(key, 0.0), sample.value)
+                else:
+                    samples[key] = samples.get(key, 0.0) + sample.value
     lines: list[str] = []
     for name, family in families.items():
         if not sums[name]:
@@ -515,7 +530,8 @@ class WorkerControl(Service):
 
     def load(self) -> int:
         """Connections held: those without a session yet, and the sessions."""
-        return len(self.site.admission) + self.site.session_factory.authenticated_sessions()
+        held = len(self.site.admission) + self.site.session_factory.authenticated_sessions()
+        return int(held)
 
     def metrics_text(self) -> bytes:
         from prometheus_client import generate_latest

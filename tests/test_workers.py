@@ -185,6 +185,7 @@ class WorkersTests(TestCase):
         os.kill(victim, signal.SIGKILL)
         await wait_until(lambda: daemon.pids()[0] != victim, 30)
         self.assertIn(f"worker 0 (pid {victim}) died", daemon.log)
+        self.assertIn("restarting it in", daemon.log)
         await wait_until(lambda: daemon.log.count("reactor class") > 3, 30)
         clients = [await handshake(self, daemon.port, TOKEN) for _ in range(2)]
         self.assertTrue(all(ok for _, ok in clients))
@@ -264,6 +265,8 @@ class UnitTests(SynchronousTestCase):
         self.assertIn("a_total 5.0", text)
         self.assertNotIn("a_created", text)
         self.assertIn("# TYPE a_total counter", text)
+        info = b'# HELP t_info V.\n# TYPE t_info gauge\nt_info{version="1"} 1.0\n'
+        self.assertIn('t_info{version="1"} 1.0', add_metrics([info, info]).decode())
 
     def test_used_tokens_file_shared_by_processes(self) -> None:
         path = temp_dir(self) / "used"
