@@ -160,6 +160,19 @@ class WorkersTests(TestCase):
             await daemon.loads([1, 1])
         self.assertTrue(ok1 and ok2)
 
+    async def test_global_session_limit_holds_across_workers(self) -> None:
+        daemon = Daemon(self, 2, "--max-sessions", "2")
+        await daemon.up()
+        held = [await handshake(self, daemon.port, TOKEN) for _ in range(2)]
+        self.assertTrue(all(ok for _, ok in held))
+        await daemon.loads([1, 1])
+        with self.assertRaises(ConnectionError) as caught:
+            await handshake(self, daemon.port, TOKEN)
+        self.assertIn("503", str(caught.exception), "each worker has 1 of the 2")
+        metrics = await daemon.metrics()
+        self.assertEqual(metrics['tcpsocket_sessions_refused_total{reason="capacity"}'], 1)
+        self.assertEqual(metrics["tcpsocket_sessions_open"], 2)
+
     async def test_single_use_token_once_across_workers(self) -> None:
         used = temp_dir(self) / "used-tokens"
         daemon = Daemon(self, 2, "--used-tokens-file", str(used))
