@@ -569,6 +569,10 @@ def _worker_argv(options: Options) -> list[str]:
 def _make_pool(options: Options) -> IService:
     """The parent of ``--workers N``: it accepts and supervises; the workers serve."""
     pool = WorkerPool(options["workers"], options["listen"], _worker_argv(options))
+    twistd = options.parent
+    log_file = None if twistd is None else twistd.get("logfile")
+    if log_file and log_file != "-":
+        pool.log_file = str(log_file)
     if not options["metrics-listen"]:
         return pool
     parent = MultiService()

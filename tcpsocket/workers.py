@@ -257,6 +257,8 @@ class WorkerPool(Service):
         self.count = count
         self._listen = [tcp_listen_address(d) for d in listen]
         self._argv = list(worker_argv)
+        #: The parent's log file, if it has one: each worker logs next to it.
+        self.log_file: str | None = None
         self._reactor = reactor
         self._env = dict(os.environ if env is None else env)
         self.workers: list[_Worker] = []
@@ -289,6 +291,9 @@ class WorkerPool(Service):
         worker = _Worker(self, index)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [*self._argv, f"--worker-share={self.count}"]
+        if self.log_file:
+            # Before the subcommand: twistd's own option; one file per worker (twistd rotates it).
+            argv.insert(argv.index("tcpsocket"), f"--logfile={self.log_file}.worker{index}")
         process = self._reactor.spawnProcess(
             worker,
             sys.executable,

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -34,12 +35,14 @@ LATER = "added-on-reload-0123456789"
 class Daemon:
     """``twistd -n tcpsocket --workers N`` on a loopback port, with /metrics on another."""
 
-    def __init__(self, test: Any, workers: int, *options: str) -> None:
+    def __init__(
+        self, test: Any, workers: int, *options: str, twistd: tuple[str, ...] = ()
+    ) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.directory = temp_dir(test)
         self.tokens_file = self.directory / "tokens.json"
         self.write_tokens([{"token": TOKEN, "identity": "app"}])
-        args = [*TWISTD, "-n", "--pidfile=", "tcpsocket", "--workers", str(workers)]
+        args = [*TWISTD, "-n", "--pidfile=", *twistd, "tcpsocket", "--workers", str(workers)]
         args += ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--allow", "127.0.0.1:*"]
         args += ["--metrics-listen", f"tcp:{self.metrics_port}:interface=127.0.0.1"]
         args += ["--tokens-file", str(self.tokens_file), *options]
@@ -117,6 +120,10 @@ class Daemon:
         raise AssertionError(f"loads {seen}, expected {expected}\n{self.log}")
 
 
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 async def _sleep(seconds: float) -> None:
     from twisted.internet import task
 
@@ -159,6 +166,16 @@ class WorkersTests(TestCase):
             self.assertTrue(ok)
             await daemon.loads([1, 1])
         self.assertTrue(ok1 and ok2)
+
+    async def test_workers_log_next_to_the_parents_log_file(self) -> None:
+        log = temp_dir(self) / "twistd.log"
+        daemon = Daemon(self, 2, twistd=(f"--logfile={log}",))
+        await wait_until(lambda: "share 127.0.0.1" in _read(log), 30)
+        for index in range(2):
+            path = Path(f"{log}.worker{index}")
+            await wait_until(lambda p=path: "reactor class" in _read(p), 30)
+        _, ok = await handshake(self, daemon.port, TOKEN)
+        self.assertTrue(ok)
 
     async def test_global_session_limit_holds_across_workers(self) -> None:
         daemon = Daemon(self, 2, "--max-sessions", "2")
