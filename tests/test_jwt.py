@@ -146,6 +146,16 @@ class VerifierTests(SynchronousTestCase):
         reloaded = apply_reload(live, fresh)
         self.assertIsNotNone(reloaded.policy.check("alice", "127.0.0.1", 25), "kept on reload")
 
+    def test_public_key_option(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        path = temp_dir(self) / "public.pem"
+        path.write_bytes(pem(key.public_key()))
+        options = Options()
+        options.parseOptions(["--jwt-public-key-file", str(path), "--jwt-issuer", "backend"])
+        tokens = options["config"].tokens
+        self.assertIsNotNone(tokens.authenticate(mint({"iss": "backend"}, key, "ES256")))
+        self.assertIsNone(tokens.authenticate(mint({"iss": "other"}, key, "ES256")))
+
     def test_reload_keeps_used_single_use_tokens(self) -> None:
         live = TokenStore(jwt=JwtVerifier(SECRET))
         value = mint({"single_use": True, "jti": "kept"})
