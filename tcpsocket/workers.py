@@ -353,8 +353,10 @@ class WorkerPool(Service):
         """Send ``signum`` to every worker."""
         log.info("signalling {count} workers ({sig})", count=len(self.workers), sig=signum)
         for worker in self.workers:
+            if worker.pid is None or worker.ended.called:
+                continue  # never signal a pid that may have been reused
             try:
-                os.kill(worker.pid or 0, signum) if worker.pid else None
+                os.kill(worker.pid, signum)
             except ProcessLookupError:
                 pass
 
