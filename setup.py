@@ -28,10 +28,14 @@ setup(
         "twisted>=24.7",
         "autobahn>=24.4",
         "prometheus_client>=0.17",
+        "PyJWT>=2.8",
         "tomli>=2; python_version<'3.11'",
     ],
     extras_require={
         "tls": ["twisted[tls]"],
+        # RS256/ES256 signed tokens (--jwt-public-key-file) and the shared single-use store.
+        "jwt-keys": ["PyJWT[crypto]>=2.8"],
+        "redis": ["redis>=4.2"],
         "test": [
             "twisted[tls]",
             "pytest",
@@ -43,6 +47,8 @@ setup(
             "mypy-zope",
             "ruff",
             "hypothesis",
+            "PyJWT[crypto]>=2.8",
+            "redis>=4.2",
             "wisp-python==0.9.0",  # tests/test_bench_wisp.py runs the bench's Wisp client on it
         ],
         "bench": ["websockify", "websockets", "wisp-python==0.9.0"],

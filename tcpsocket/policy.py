@@ -267,10 +267,14 @@ class DestinationPolicy:
     ) -> None:
         self.rules = _rules(rules)
         self.per_identity = {k: _rules(v) for k, v in (per_identity or {}).items()}
+        #: Rules that signed tokens (JWT ``rules`` claims) carry, per identity; the
+        #: tokens file's rules of the same identity take precedence.
+        self.claimed: dict[str, tuple[Rule, ...]] = {}
 
     def rules_for(self, identity: str) -> tuple[Rule, ...]:
         """The rules that apply to ``identity``'s sessions, in order."""
-        return self.per_identity.get(identity, ()) + self.rules
+        own = self.per_identity.get(identity)
+        return (self.claimed.get(identity, ()) if own is None else own) + self.rules
 
     def check(self, identity: str, host: str, port: int) -> str | None:
         """Before any lookup: deny a name that no rule lets through, without asking DNS."""

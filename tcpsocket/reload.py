@@ -49,6 +49,10 @@ def apply_reload(live: ServerConfig, fresh: ServerConfig) -> ServerConfig:
                 new=new,
             )
     reloaded = dataclasses.replace(live, policy=fresh.policy)
+    live_claims, fresh_claims = (getattr(p, "claimed", None) for p in (live.policy, fresh.policy))
+    if live_claims is not None and fresh_claims is not None:
+        # Live sessions of signed tokens keep the rules their tokens carried.
+        fresh_claims.update(live_claims)
     replace(fresh.tokens)
     return reloaded
 

@@ -9,27 +9,40 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from tcpsocket import jsonlog
 from tcpsocket._version import __version__
 from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.configfile import apply_config_file, command_line_settings, name_coercions
+from tcpsocket.jwt_tokens import JwtVerifier, RedisUsedRecord
+from tcpsocket.observability import Access
 from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tokens import Token, TokenStore, load_tokens_file
+from tcpsocket.workers import (
+    AggregateMetricsResource,
+    WorkerControl,
+    WorkerPool,
+    divide_budgets,
+    tcp_listen_address,
+)
 
 #: The environment variable holding the desktop token.
 TOKEN_VARIABLE = "WS_RUNTIME_TOKEN"
 
 _NO_TOKEN = (
     "no session token is set: start with WS_RUNTIME_TOKEN=<secret> in the environment, "
-    "or --token <secret>, or --tokens-file <file.json>"
+    "or --token <secret>, or --tokens-file <file.json>, or --jwt-secret-file / "
+    "--jwt-public-key-file"
 )
 
 
@@ -203,6 +216,50 @@ class Options(usage.Options):
             "stay used across restarts; created if missing.",
         ],
         [
+            "workers",
+            None,
+            1,
+            "Worker processes sharing the listeners (tcp: strports); the parent hands each "
+            "connection to the least-loaded one and divides the global budgets among them.",
+            _positive_int,
+        ],
+        [
+            "worker-share",
+            None,
+            0,
+            "(internal) Run as one of this many workers, on the control socket from the parent.",
+            int,
+        ],
+        [
+            "jwt-secret-file",
+            None,
+            None,
+            "File holding the HS256 secret (32+ bytes) of signed session tokens (JWT; "
+            "doc/security.md).",
+        ],
+        [
+            "jwt-public-key-file",
+            None,
+            None,
+            "PEM file of the RSA (RS256) or EC P-256 (ES256) public key of signed session tokens.",
+        ],
+        ["jwt-audience", None, None, "Signed tokens must carry this 'aud' claim."],
+        ["jwt-issuer", None, None, "Signed tokens must carry this 'iss' claim."],
+        [
+            "jwt-leeway",
+            None,
+            30.0,
+            "Seconds of clock skew allowed when checking 'exp', 'nbf' and 'iat'.",
+            _non_negative_float,
+        ],
+        [
+            "jwt-used-store",
+            None,
+            None,
+            "redis://HOST:PORT/DB recording the 'jti' of single-use signed tokens for every "
+            "node [default: this process's memory].",
+        ],
+        [
             "handshake-message-size",
             None,
             4096,
@@ -341,7 +398,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         environment = os.environ.get(TOKEN_VARIABLE)
         try:
-            tokens = TokenStore(used_tokens_file=self["used-tokens-file"])
+            policy = DestinationPolicy()
+            tokens = TokenStore(
+                used_tokens_file=self["used-tokens-file"], jwt=self._jwt_verifier(policy)
+            )
             if environment:
                 tokens.add(Token(environment))
             for value in self["token"]:
@@ -387,6 +447,7 @@ class Options(usage.Options):
             config_values["policy"] = DestinationPolicy(
                 self["allow"], {k: v for k, v in per_identity.items() if v}
             )
+            config_values["policy"].claimed = policy.claimed
             if not len(tokens):
                 raise usage.UsageError(_NO_TOKEN)
             # The --config file was read before parsing; "config" now holds the result.
@@ -399,8 +460,29 @@ class Options(usage.Options):
             values = self[option] if option == "listen" else [self[option]]
             for description in filter(None, values):
                 _check_strport(option, description)
+        if self["workers"] > 1:
+            for description in self["listen"]:
+                try:
+                    tcp_listen_address(description)
+                except ValueError as e:
+                    raise usage.UsageError(str(e)) from None
         if self.parent is not None:
             self._adjust_twistd(self.parent)
+
+    def _jwt_verifier(self, policy: DestinationPolicy) -> JwtVerifier | None:
+        """The verifier of signed tokens, if a key is given; their rules go to ``policy``."""
+        if not (self["jwt-secret-file"] or self["jwt-public-key-file"]):
+            return None
+        store = self["jwt-used-store"]
+        return JwtVerifier.from_files(
+            self["jwt-secret-file"],
+            self["jwt-public-key-file"],
+            audience=self["jwt-audience"],
+            issuer=self["jwt-issuer"],
+            leeway=self["jwt-leeway"],
+            used=RedisUsedRecord(store) if store else None,
+            claimed_rules=policy.claimed,
+        )
 
     def _option_names(self, message: str) -> str:
         """``message`` naming options as ``--high-water-mark``, not ``high_water_mark``."""
@@ -473,19 +555,58 @@ def reparse(options: Options) -> ServerConfig:
     fresh = Options()
     fresh.parseOptions(options.arguments)
     config: ServerConfig = fresh["config"]
+    if fresh["worker-share"]:
+        config = divide_budgets(config, fresh["worker-share"])
     return config
+
+
+def _worker_argv(options: Options) -> list[str]:
+    """How the parent of ``--workers N`` starts each worker (the same options, one worker)."""
+    twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    return [*twistd, "--nodaemon", "--pidfile=", "tcpsocket", *options.arguments, "--workers=1"]
+
+
+def _make_pool(options: Options) -> IService:
+    """The parent of ``--workers N``: it accepts and supervises; the workers serve."""
+    pool = WorkerPool(options["workers"], options["listen"], _worker_argv(options))
+    twistd = options.parent
+    log_file = None if twistd is None else twistd.get("logfile")
+    if log_file and log_file != "-":
+        pool.log_file = str(log_file)
+    if not options["metrics-listen"]:
+        return pool
+    parent = MultiService()
+    pool.setServiceParent(parent)
+    root = Resource()
+    access = Access(options["metrics-token"], local_only=False)
+    root.putChild(b"metrics", AggregateMetricsResource(pool, access))
+    endpoint = serverFromString(reactor_of(), options["metrics-listen"])
+    StreamServerEndpointService(endpoint, Site(root)).setServiceParent(parent)
+    return parent
+
+
+def reactor_of() -> Any:
+    """The global reactor (twistd's), for the service maker only."""
+    from twisted.internet import reactor
+
+    return reactor
 
 
 def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (raising the open files limit first);
     SIGHUP reloads it."""
     raise_nofile_limit()
+    if options["workers"] > 1:
+        return _make_pool(options)
+    share = options["worker-share"]
     service = _DaemonService(
-        options["config"],
-        options["listen"],
-        metrics_listen=options["metrics-listen"],
+        divide_budgets(options["config"], share) if share else options["config"],
+        () if share else options["listen"],
+        metrics_listen=None if share else options["metrics-listen"],
         metrics_token=options["metrics-token"],
     )
+    if share:
+        WorkerControl(service.site).setServiceParent(service)
     twistd = options.parent
     service.foreground = twistd is None or bool(twistd.get("nodaemon"))
     HangupReload(partial(reparse, options), service.reconfigure).setServiceParent(service)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -16,6 +17,9 @@ from zope.interface import implementer
 from tcpsocket.interfaces import IToken, ITokenStore
 from tcpsocket.messages import PERMISSION
 from tcpsocket.policy import Rule
+
+if TYPE_CHECKING:
+    from tcpsocket.jwt_tokens import JwtVerifier
 
 log = Logger()
 
@@ -59,13 +63,22 @@ class TokenStore:
     consumption record, which outlives any change of the set of tokens.  With
     ``used_tokens_file``, the record is also kept in that file (one hex
     SHA-256 digest per line, appended and synced before the session is
-    accepted), so a used token stays used across restarts.
+    accepted), so a used token stays used across restarts.  Several processes
+    may share the file: each check-and-append holds an exclusive ``flock``.
+
+    With ``jwt``, a value that is not one of the tokens but has a JWT's shape
+    is verified by it.
     """
 
     def __init__(
-        self, tokens: Iterable[Token] = (), used_tokens_file: str | Path | None = None
+        self,
+        tokens: Iterable[Token] = (),
+        used_tokens_file: str | Path | None = None,
+        jwt: JwtVerifier | None = None,
     ) -> None:
         self._tokens: dict[bytes, Token] = {}
+        #: Verifies signed tokens (:mod:`tcpsocket.jwt_tokens`), if any.
+        self.jwt = jwt
         self._used: set[bytes] = set()
         self._used_file = None if used_tokens_file is None else Path(used_tokens_file)
         if self._used_file is not None:
@@ -74,7 +87,8 @@ class TokenStore:
             self.add(token)
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        """How many static tokens (plus one for a JWT verifier) are accepted."""
+        return len(self._tokens) + (self.jwt is not None)
 
     def __iter__(self) -> Iterator[Token]:
         return iter(list(self._tokens.values()))
@@ -87,6 +101,10 @@ class TokenStore:
         """
         fresh = TokenStore(tokens)
         self._tokens = fresh._tokens
+        if isinstance(tokens, TokenStore):
+            if tokens.jwt is not None and self.jwt is not None:
+                tokens.jwt.inherit(self.jwt)
+            self.jwt = tokens.jwt
 
     def add(self, token: Token) -> None:
         """Accept ``token`` from now on (unless it is a single-use token already used)."""
@@ -104,6 +122,10 @@ class TokenStore:
     def authenticate(self, value: str, origin: str | None = None) -> Token | None:
         key = _digest(value)
         token = self._tokens.get(key)
+        if token is None and self.jwt is not None:
+            from tcpsocket.jwt_tokens import looks_like_jwt
+
+            return self.jwt.verify(value, origin) if looks_like_jwt(value) else None
         if token is None or (token.origins and (origin or "").lower() not in token.origins):
             return None
         if token.single_use:
@@ -111,7 +133,9 @@ class TokenStore:
                 return None
             if self._used_file is not None:
                 try:
-                    _append_used(self._used_file, key)
+                    if not _append_used(self._used_file, key):
+                        self._used.add(key)  # another process used it
+                        return None
                 except OSError as e:
                     log.error(
                         "single-use token of {identity} refused: cannot record it in {path}: "
@@ -138,13 +162,23 @@ def _read_used(path: Path) -> set[bytes]:
         raise ValueError(f"used-tokens file {path} holds a line that is not a hex digest") from None
 
 
-def _append_used(path: Path, key: bytes) -> None:
+def _append_used(path: Path, key: bytes) -> bool:
+    """Record ``key``; False if the file already holds it (another process used it)."""
     # Written and synced before the token is accepted: if this raises, the
     # session is refused rather than the token left reusable after a restart.
-    with path.open("a", encoding="ascii") as file:
-        file.write(key.hex() + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+    # The exclusive lock makes check-and-append one step for every process.
+    with path.open("a+", encoding="ascii") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        try:
+            file.seek(0)
+            if key.hex() in file.read().split():
+                return False
+            file.write(key.hex() + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    return True
 
 
 def token_from_json(entry: Mapping[str, Any]) -> Token:
