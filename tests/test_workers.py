@@ -22,10 +22,10 @@ from tcpsocket.config import ServerConfig
 from tcpsocket.tokens import Token, TokenStore
 from tcpsocket.workers import add_metrics, divide_budgets, tcp_listen_address
 from tests.session_helpers import listen_small, manager, session
-from tests.support import TOKEN, raw_client, temp_dir, wait_until
+from tests.support import TOKEN, ProcessOutput, raw_client, temp_dir, wait_until
 from tests.test_deploy import free_port
 from tests.test_shutdown import ACCEPTED, SlowSink, send_accepted
-from tests.test_tap import ROOT, TWISTD, _Collect
+from tests.test_tap import ROOT, TWISTD
 from tests.test_web import read_body
 
 ONCE = "single-use-token-0123456789"
@@ -48,7 +48,7 @@ class Daemon:
         args += ["--tokens-file", str(self.tokens_file), *options]
         env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
         env["PYTHONPATH"] = str(ROOT)
-        self.collect = _Collect()
+        self.collect = ProcessOutput()
         self.process = reactor.spawnProcess(  # type: ignore[attr-defined]
             self.collect, TWISTD[0], args, env=env, path=str(ROOT)
         )
