@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
 from tcpsocket.metrics import Metrics
 from tcpsocket.policy import DestinationPolicy
+from tcpsocket.services import ServiceRegistry, default_services
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
 KiB = 1024
@@ -86,6 +87,8 @@ class ServerConfig:
     keepalive_timeout: float = 20.0
     #: Seconds a session with no socket open may send nothing before it is closed (0: never).
     idle_timeout: float = 600.0
+    #: The services sessions offer, by name (doc/extending.md).
+    services: ServiceRegistry = field(default_factory=default_services, compare=False)
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
     connect: RemoteConnector = remote_endpoint
     #: Counters of this daemon, served at ``/metrics`` (each config gets its own).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -28,34 +27,18 @@ from tcpsocket.bincode import DecodeError
 from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
 from tcpsocket.fairness import FairShare, Waiter
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.memory import HeapTrimmer
 from tcpsocket.messages import (
-    CORE_SERVICE,
-    PERMISSION,
-    REPLIES,
-    SERVICE_NAME,
-    Core,
-    CoreRequest,
-    GetService,
-    GetServiceResult,
-    HasService,
-    Kind,
     data_event_head,
     decode_base,
-    decode_core_request,
     decode_handshake,
-    decode_socket_request,
     encode_ack,
-    encode_core_bool_response,
     encode_event,
-    encode_get_service_response,
-    encode_reply,
     encode_response,
 )
 from tcpsocket.origins import origin_allowed
-from tcpsocket.service import TcpSocketManagerService
+from tcpsocket.routing import ServiceRouter
 from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionFactory", "SessionProtocol"]
@@ -95,13 +78,12 @@ class SessionProtocol(WebSocketServerProtocol):
         #: Numbers the factory's sessions from 1; the ``session`` field of their log events.
         self.session_id = 0
         self.sockets_in_use = 0
-        self.services: dict[int, TcpSocketManagerService] = {}
-        self._permissions: frozenset[str] = frozenset()
+        #: The core service and this session's service instances (transport-free).
+        self.router = ServiceRouter(self)
         self._authenticated = False
         self._ending = False
         # Told by the WebSocket's transport when the client is not keeping up (B.10).
         self._share = FairShare(self._set_reading)
-        self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
         self._origin: str | None = None
@@ -129,6 +111,11 @@ class SessionProtocol(WebSocketServerProtocol):
         else:
             self._closed_waiters.append(waiter)
         return waiter
+
+    @property
+    def services(self) -> dict[int, Any]:
+        """This session's service instances by id."""
+        return self.router.services
 
     # -- SessionLink -----------------------------------------------------------
 
@@ -279,7 +266,7 @@ class SessionProtocol(WebSocketServerProtocol):
         try:
             if self._authenticated:
                 self._last_message = self.reactor.seconds()
-                self._dispatch(payload)
+                self.router.dispatch(decode_base(payload))
             else:
                 self._handshake(payload)
         except DecodeError as e:
@@ -314,9 +301,7 @@ class SessionProtocol(WebSocketServerProtocol):
         if self in self.factory.sessions:
             self.factory.sessions.discard(self)
             ender = "the daemon" if self.closedByMe else "the client"
-            for service in self.services.values():
-                service.stop(by=ender)
-            self.services.clear()
+            self.router.stop(by=ender)
             if self._authenticated:
                 log.info(
                     "session of {identity} from {peer} ended ({how})",
@@ -340,6 +325,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # So are the bound methods that the shared WebSocket's turns and the
         # client log call back.
         self._share.stopProducing()
+        self.router.detach()
         self.log = ClientLog(log, _no_budget)
         self.factory.trimmer.session_ended(len(self.factory.sessions))
 
@@ -476,7 +462,7 @@ class SessionProtocol(WebSocketServerProtocol):
             return
         self._authenticated = True
         self.identity = token.identity
-        self._permissions = frozenset(token.permissions)
+        self.router.permissions = frozenset(token.permissions)
         self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
         self.maxFramePayloadSize = self.factory.maxFramePayloadSize
         self.factory.admission.release(self._admission_key)
@@ -504,83 +490,6 @@ class SessionProtocol(WebSocketServerProtocol):
             return
         self._idle_timer = None
         self._fail(GOING_AWAY, "idle timeout")
-
-    def _dispatch(self, payload: bytes) -> None:
-        message = decode_base(payload)
-        if message.kind is not Kind.REQUEST:
-            raise DecodeError(f"clients send requests only, not {message.kind.name.lower()}")
-        assert message.request is not None
-        if message.service == CORE_SERVICE:
-            content, then = self._core(decode_core_request(message.content))
-            self.send_response(CORE_SERVICE, message.object, message.request, content)
-            if then is not None:
-                then()
-            return
-        request = decode_socket_request(message.content)
-        service = self.services.get(message.service)
-        if service is None:
-            reason = f"unknown service {message.service}"
-            content = encode_reply(REPLIES[request.method][1], reason)
-            self.send_response(message.service, message.object, message.request, content)
-            return
-        service.handle(message.object, message.request, request)
-
-    def _core(self, request: CoreRequest) -> tuple[bytes, Callable[[], None] | None]:
-        """The response to a core request, and what to do once it is sent."""
-        if isinstance(request, GetService):
-            return self._get_service(request), None
-        if isinstance(request, HasService):
-            return encode_core_bool_response(Core.HAS_SERVICE, request.name == SERVICE_NAME), None
-        service = self.services.get(request.service)
-        then: Callable[[], None] | None = None
-        if service is None:
-            found = False
-        elif request.op is Core.RELEASE_OBJECT:
-            # Object 0 is the service itself: api-daemon's runtime releases it when the
-            # page's service object is garbage collected, while its sockets stay in use.
-            # Like api-daemon, answer false and keep the service and its sockets
-            # (see TcpSocketManagerService.reclaimable).
-            if request.object == 0:
-                service.released = True
-                found = False
-            else:
-                found = service.release(request.object)
-        else:
-            assert request.event is not None
-            # Events that were held wait until the client has the response.
-            then = service.event_switch(
-                request.object, request.event, request.op is Core.ENABLE_EVENT
-            )
-            found = then is not None
-        return encode_core_bool_response(request.op, found), then
-
-    def _reclaim_a_service(self) -> None:
-        """Make room by forgetting the oldest released service that has nothing left."""
-        for service_id, service in self.services.items():
-            if service.reclaimable:
-                del self.services[service_id]
-                service.stop()
-                return
-
-    def _get_service(self, request: GetService) -> bytes:
-        if request.name != SERVICE_NAME:
-            return encode_get_service_response(GetServiceResult.UNKNOWN_SERVICE)
-        if request.fingerprint != TCPSOCKET_FINGERPRINT:
-            return encode_get_service_response(GetServiceResult.FINGERPRINT_MISMATCH)
-        if PERMISSION not in self._permissions:
-            return encode_get_service_response(GetServiceResult.MISSING_PERMISSION)
-        if len(self.services) >= self.config.max_services_per_session:
-            self._reclaim_a_service()
-        if len(self.services) >= self.config.max_services_per_session:
-            limit = self.config.max_services_per_session
-            return encode_get_service_response(
-                GetServiceResult.INTERNAL_ERROR,
-                f"too many services in this session (limit {limit})",
-            )
-        service_id = self._next_service_id
-        self._next_service_id += 1
-        self.services[service_id] = TcpSocketManagerService(self, service_id)
-        return encode_get_service_response(GetServiceResult.SUCCESS, service_id)
 
 
 class SessionFactory(WebSocketServerFactory):
