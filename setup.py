@@ -25,13 +25,15 @@ setup(
         "twisted": ["plugins/tcpsocket_plugin.py"],
     },
     install_requires=[
-        "twisted>=24.7",
-        "autobahn>=24.4",
+        # tcpsocket/_private.py reaches into both; tests/test_private_canaries.py
+        # checks each use, so the upper bounds are the releases it was checked with.
+        "twisted>=24.7,<27",
+        "autobahn>=24.4,<27",
         "prometheus_client>=0.17",
         "tomli>=2; python_version<'3.11'",
     ],
     extras_require={
-        "tls": ["twisted[tls]"],
+        "tls": ["twisted[tls]"],  # also the secure-socket service (tcpsocket/services/securesocket)
         "test": [
             "twisted[tls]",
             "pytest",

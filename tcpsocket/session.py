@@ -8,7 +8,6 @@ is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
 from __future__ import annotations
 
 import itertools
-import struct
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -21,7 +20,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 
-from tcpsocket._timers import use_reactor_timers
+from tcpsocket._private import (
+    autobahn_data_received,
+    binary_frame_head,
+    cancel_autobahn_timers,
+    drop_autobahn_futures,
+    drop_message_data,
+    set_buffer_size,
+    use_reactor_timers,
+)
 from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBucket, client_address
 from tcpsocket.bincode import DecodeError
 from tcpsocket.budgets import Budgets
@@ -45,9 +52,6 @@ __all__ = ["SessionFactory", "SessionProtocol"]
 
 log = Logger()
 
-_FRAME_7 = struct.Struct(">BB")
-_FRAME_16 = struct.Struct(">BBH")
-_FRAME_64 = struct.Struct(">BBQ")
 
 #: WebSocket close codes (RFC 6455).
 GOING_AWAY = 1001
@@ -233,12 +237,12 @@ class SessionProtocol(WebSocketServerProtocol):
         self._fragments += 1
         if self._fragments > MAX_FRAGMENTS and not self._cut_off:
             self._cut(MESSAGE_TOO_BIG, f"a message of more than {MAX_FRAGMENTS} fragments")
-            self.message_data = []
+            drop_message_data(self)
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
         # debug logging is off.
-        self._dataReceived(data)
+        autobahn_data_received(self, data)
 
     def onOpen(self) -> None:
         transport: Any = self.transport
@@ -248,7 +252,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # Twisted Web registered its HTTP channel as the producer; the session
         # takes over, so that a slow client pauses reading from its remotes.
         transport.unregisterProducer()
-        transport.bufferSize = self.config.session_buffer
+        set_buffer_size(transport, self.config.session_buffer)
         transport.registerProducer(self._share, True)
         # The deadline runs from TCP accept to the session's ack.
         accepted = self._pending.accepted if self._pending is not None else self.reactor.seconds()
@@ -284,18 +288,11 @@ class SessionProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._ending = True
         # Autobahn leaves these armed when the peer drops the connection.
-        for timer in (
-            self._handshake_timer,
-            self._idle_timer,
-            self.closeHandshakeTimeoutCall,
-            self.openHandshakeTimeoutCall,
-            self.autoPingPendingCall,
-            self.autoPingTimeoutCall,
-        ):
+        for timer in (self._handshake_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._handshake_timer = self._idle_timer = self.closeHandshakeTimeoutCall = None
-        self.openHandshakeTimeoutCall = self.autoPingPendingCall = self.autoPingTimeoutCall = None
+        self._handshake_timer = self._idle_timer = None
+        cancel_autobahn_timers(self)
         if self._admission_key is not None:
             self.factory.admission.release(self._admission_key)
         if self in self.factory.sessions:
@@ -321,7 +318,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # Autobahn's futures hold this protocol as their result, and it holds
         # them: a cycle that would keep the session (and the buffers of its
         # transport) until the garbage collector runs.
-        self.is_open = self.is_closed = None
+        drop_autobahn_futures(self)
         # So are the bound methods that the shared WebSocket's turns and the
         # client log call back.
         self._share.stopProducing()
@@ -378,13 +375,7 @@ class SessionProtocol(WebSocketServerProtocol):
         """
         if self._ending or self.state != self.STATE_OPEN:
             return
-        length = len(head) + len(body)
-        if length < 126:
-            frame = _FRAME_7.pack(0x82, length)
-        elif length < 65536:
-            frame = _FRAME_16.pack(0x82, 126, length)
-        else:
-            frame = _FRAME_64.pack(0x82, 127, length)
+        frame = binary_frame_head(len(head) + len(body))
         transport: Any = self.transport
         if body:
             transport.writeSequence((frame + head, body))

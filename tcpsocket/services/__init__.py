@@ -133,14 +133,7 @@ class ServiceRegistry(Mapping[str, Any]):
 
 
 def default_services() -> ServiceRegistry:
-    """The services ``twistd tcpsocket`` offers: TcpSocketManager and SecureTcpSocketManager."""
+    """The services ``twistd tcpsocket`` offers."""
     from tcpsocket.services.tcpsocket import TCP_SOCKET_MANAGER
 
-    factories: list[Any] = [TCP_SOCKET_MANAGER]
-    try:
-        from tcpsocket.services.securesocket import SECURE_TCP_SOCKET_MANAGER
-    except ImportError:  # pragma: no cover - without pyOpenSSL there is no TLS
-        pass
-    else:
-        factories.append(SECURE_TCP_SOCKET_MANAGER)
-    return ServiceRegistry(factories)
+    return ServiceRegistry([TCP_SOCKET_MANAGER])
