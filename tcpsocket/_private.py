@@ -26,9 +26,11 @@ __all__ = [
     "drop_message_data",
     "option_handlers",
     "raise_listen_errors",
+    "record_verify_errors",
     "request_has_body",
     "set_buffer_size",
     "transport_unsent",
+    "trust_root",
     "use_reactor_timers",
 ]
 
@@ -171,3 +173,53 @@ def option_handlers(options: Any) -> dict[str, Any]:
     """The parameter handlers of a ``twisted.python.usage.Options``, by long name."""
     handlers: dict[str, Any] = options._dispatch
     return handlers
+
+
+class SystemTrustAndFile:
+    """An ``IOpenSSLTrustRoot``: the system's trust store, plus the CAs of a PEM file.
+
+    Twisted's trust roots (``platformTrust``, ``trustRootFromCertificates``)
+    trust one or the other; this one does both.  The interface's one method,
+    ``_addCACertsToContext``, is private to Twisted.
+    """
+
+    def __init__(self, ca_file: str | None) -> None:
+        self.ca_file = ca_file
+
+    def _addCACertsToContext(self, context: Any) -> None:
+        context.set_default_verify_paths()
+        if self.ca_file is not None:
+            context.load_verify_locations(self.ca_file)
+
+
+def trust_root(ca_file: str | None) -> Any:
+    """:class:`SystemTrustAndFile` as the ``IOpenSSLTrustRoot`` it provides."""
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from zope.interface import directlyProvides
+
+    root = SystemTrustAndFile(ca_file)
+    directlyProvides(root, IOpenSSLTrustRoot)
+    return root
+
+
+def record_verify_errors(
+    creator: Any, tls_protocol: Any, connection: Any, record: Callable[[int], None]
+) -> None:
+    """Make ``connection`` (made by ``creator``, an ``optionsForClientTLS`` result) call
+    ``record`` with each OpenSSL X509_V_ERR code of the peer's chain, verifying exactly as
+    Twisted does (its ``_verifyCB``, hostname check included).
+
+    pyOpenSSL has no ``get_verify_result``, and the verify callback is the only place
+    the reason (expired, unknown authority...) is known.
+    """
+    from OpenSSL import SSL
+    from twisted.internet._sslverify import _verifyCB
+
+    twisted_callback = _verifyCB(tls_protocol, creator._hostnameIsDnsName, creator._hostnameASCII)
+
+    def verify(conn: Any, certificate: Any, code: int, depth: int, ok: int) -> bool:
+        if not ok:
+            record(code)
+        return bool(twisted_callback(conn, certificate, code, depth, bool(ok)))
+
+    connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)

@@ -87,6 +87,8 @@ class ServerConfig:
     keepalive_timeout: float = 20.0
     #: Seconds a session with no socket open may send nothing before it is closed (0: never).
     idle_timeout: float = 600.0
+    #: A PEM file of certificate authorities that secure sockets trust besides the system's.
+    tls_ca_file: str | None = None
     #: The services sessions offer, by name (doc/extending.md).
     services: ServiceRegistry = field(default_factory=default_services, compare=False)
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).

@@ -133,7 +133,8 @@ class ServiceRegistry(Mapping[str, Any]):
 
 
 def default_services() -> ServiceRegistry:
-    """The services ``twistd tcpsocket`` offers."""
+    """The services ``twistd tcpsocket`` offers: TcpSocketManager, SecureTcpSocketManager."""
+    from tcpsocket.services.securesocket import SECURE_TCP_SOCKET_MANAGER
     from tcpsocket.services.tcpsocket import TCP_SOCKET_MANAGER
 
-    return ServiceRegistry([TCP_SOCKET_MANAGER])
+    return ServiceRegistry([TCP_SOCKET_MANAGER, SECURE_TCP_SOCKET_MANAGER])

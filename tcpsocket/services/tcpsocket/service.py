@@ -121,8 +121,14 @@ class _SocketFactory(Factory):
     noisy = False
 
     def __init__(
-        self, config: ServerConfig, owner: SocketOwner, clock: Any, connections: ConnectionSet
+        self,
+        config: ServerConfig,
+        owner: SocketOwner,
+        clock: Any,
+        connections: ConnectionSet,
+        socket_class: type[RemoteSocket] = RemoteSocket,
     ) -> None:
+        self._socket_class = socket_class
         self._args: tuple[ServerConfig, SocketOwner, Any, ConnectionSet] | None = (
             config,
             owner,
@@ -133,7 +139,7 @@ class _SocketFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> RemoteSocket | None:
         if self._args is None:
             return None  # the open is over: refuse a late connection
-        return RemoteSocket(*self._args)
+        return self._socket_class(*self._args)
 
     def forget(self) -> None:
         """The open is over: let go of the service.
@@ -147,7 +153,15 @@ class _SocketFactory(Factory):
 
 @implementer(ISessionService)
 class TcpSocketManagerService(SocketOwner):
-    """Opens sockets for one session and routes their requests and events."""
+    """Opens sockets for one session and routes their requests and events.
+
+    A service with more to its sockets (:mod:`tcpsocket.services.securesocket`)
+    subclasses it: its own ``socket_class``, ``decode``, :meth:`prepare` and
+    :meth:`open_answer`.
+    """
+
+    #: The protocol of each connection this service opens.
+    socket_class: type[RemoteSocket] = RemoteSocket
 
     def __init__(self, session: SessionLink, service_id: int) -> None:
         self.session = session
@@ -195,7 +209,18 @@ class TcpSocketManagerService(SocketOwner):
 
     def handle(self, object_id: int, request_id: int, content: memoryview) -> None:
         """Decode and answer one request (now, or when ``open`` completes)."""
-        self.handle_request(object_id, request_id, decode_socket_request(content))
+        self.handle_request(object_id, request_id, self.decode(content))
+
+    def decode(self, content: memoryview) -> SocketRequest:
+        """Decode the content of one request to this service."""
+        return decode_socket_request(content)
+
+    async def prepare(self, socket: RemoteSocket, options: Any) -> None:
+        """What an open does once connected, before it is answered (nothing here)."""
+
+    def open_answer(self, socket: RemoteSocket) -> bytes:
+        """The content of a successful open's response."""
+        return encode_open_success(socket.socket_id)
 
     def handle_request(self, object_id: int, request_id: int, request: SocketRequest) -> None:
         """Answer one decoded request."""
@@ -208,7 +233,9 @@ class TcpSocketManagerService(SocketOwner):
             if object_id != 0:
                 fail("open is a method of the service, object 0")
             else:
-                self._open(request_id, request.host, request.port)
+                self._open(
+                    request_id, request.host, request.port, getattr(request, "options", None)
+                )
             return
         if object_id == 0:
             fail(f"{request.method.name.lower()} is a method of a socket, not of the service")
@@ -298,7 +325,7 @@ class TcpSocketManagerService(SocketOwner):
         # gets its error (the session drops responses once it is ending).
         self.session.send_response(self.service_id, object_id, request_id, content)
 
-    def _open(self, request_id: int, host: str, port: int) -> None:
+    def _open(self, request_id: int, host: str, port: int, options: Any = None) -> None:
         session = self.session
         config = session.config
 
@@ -327,7 +354,7 @@ class TcpSocketManagerService(SocketOwner):
             return fail(refused)
         session.sockets_in_use += 1
         session.budgets.sockets += 1
-        attempt = _Attempt(self, host, literal, port)
+        attempt = _Attempt(self, host, literal, port, options)
         connecting = ensureDeferred(attempt.run())
         connecting.addTimeout(config.connect_timeout, session.reactor, _connect_timed_out)
         self._connecting.add(connecting)
@@ -350,7 +377,7 @@ class TcpSocketManagerService(SocketOwner):
                 session=session.session_id,
                 remote=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             )
-            self._respond(0, request_id, encode_open_success(socket.socket_id))
+            self._respond(0, request_id, self.open_answer(socket))
 
         def failed(reason: Failure) -> None:
             self._connecting.discard(connecting)
@@ -406,9 +433,15 @@ class _Attempt:
     """One open after the first checks: lookup, check every address, connect."""
 
     def __init__(
-        self, service: TcpSocketManagerService, host: str, literal: Address | None, port: int
+        self,
+        service: TcpSocketManagerService,
+        host: str,
+        literal: Address | None,
+        port: int,
+        options: Any = None,
     ) -> None:
         self.service = service
+        self.options = options
         self.host = host
         self.literal = literal
         self.port = port
@@ -453,12 +486,23 @@ class _Attempt:
             else:
                 reactor = CheckedNames(session.reactor, host, allowed)
                 endpoint = config.connect(reactor, host, port, config.connect_timeout)
-            factory = _SocketFactory(config, self.service, session.reactor, session.connections)
+            factory = _SocketFactory(
+                config,
+                self.service,
+                session.reactor,
+                session.connections,
+                self.service.socket_class,
+            )
             try:
                 socket = await endpoint.connect(factory)
             finally:
                 factory.forget()
             assert isinstance(socket, RemoteSocket)
+            try:
+                await self.service.prepare(socket, self.options)
+            except BaseException:
+                socket.detach("the daemon")
+                raise
         finally:
             budgets.sockets -= extra
         return socket

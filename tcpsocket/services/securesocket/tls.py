@@ -1,0 +1,85 @@
+"""TLS for the secure-socket service: whom to trust, and why a handshake failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcpsocket._private import record_verify_errors, trust_root
+from tcpsocket.services.securesocket.messages import TlsInfo, TlsOptions
+
+__all__ = ["VerifyingCreator", "client_creator", "describe_tls_failure", "tls_info"]
+
+#: OpenSSL's X509_V_ERR codes that mean "no trusted authority signed this".
+_UNKNOWN_CA = frozenset({2, 18, 19, 20, 21, 27})
+_EXPIRED = 10
+_NOT_YET_VALID = 9
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class VerifyingCreator:
+    """Twisted's client TLS settings for one connection, remembering why the chain failed."""
+
+    def __init__(self, host: str, options: TlsOptions, ca_file: str | None) -> None:
+        self._creator = optionsForClientTLS(
+            options.server_name or host,
+            trustRoot=trust_root(ca_file),
+            acceptableProtocols=[p.encode("utf-8") for p in options.alpn] or None,
+        )
+        #: The first OpenSSL X509_V_ERR code of the peer's chain (0: none).
+        self.verify_error = 0
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        connection = self._creator.clientConnectionForTLS(tlsProtocol)
+        record_verify_errors(self._creator, tlsProtocol, connection, self._record)
+        return connection
+
+    def _record(self, code: int) -> None:
+        if not self.verify_error:
+            self.verify_error = code
+
+
+def client_creator(host: str, options: TlsOptions, ca_file: str | None) -> VerifyingCreator:
+    """The client TLS settings of one connection: verified against the system's trust
+    store (and ``ca_file``), for ``options.server_name`` or else ``host``."""
+    return VerifyingCreator(host, options, ca_file)
+
+
+def describe_tls_failure(failure: Failure, verify_error: int) -> str:
+    """Why a TLS handshake failed, for the client: unknown CA, name mismatch, expired..."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    value = failure.value
+    if isinstance(value, VerificationError):
+        return f"certificate name mismatch: {value}"
+    if isinstance(value, SSL.Error):
+        code = verify_error
+        if code == _EXPIRED:
+            return "certificate expired"
+        if code == _NOT_YET_VALID:
+            return "certificate not yet valid"
+        if code in _UNKNOWN_CA:
+            return "certificate signed by an unknown authority"
+        if code:
+            return f"certificate verification failed (OpenSSL error {code})"
+        reasons = [entry[2] for entry in value.args[0] if len(entry) > 2] if value.args else []
+        detail = ", ".join(r for r in reasons if r) or str(value) or "handshake failure"
+        return f"TLS handshake failed: {detail}"
+    if isinstance(value, (error.ConnectionLost, error.ConnectionDone)):
+        return "the remote closed the connection during the TLS handshake"
+    return f"TLS handshake failed: {str(value).strip() or type(value).__name__}"
+
+
+def tls_info(connection: Any) -> TlsInfo:
+    """What the handshake of ``connection`` (an ``OpenSSL.SSL.Connection``) negotiated."""
+    version = connection.get_protocol_version_name() or ""
+    alpn = connection.get_alpn_proto_negotiated() or b""
+    certificate = connection.get_peer_certificate(as_cryptography=True)
+    subject = certificate.subject.rfc4514_string() if certificate is not None else ""
+    return TlsInfo(True, version, alpn.decode("utf-8", "replace"), subject)
