@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -84,6 +85,13 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "tls-ca-file",
+            None,
+            None,
+            "PEM file of certificate authorities that secure sockets (SecureTcpSocketManager) "
+            "trust besides the system's trust store; certificates are always verified.",
+        ],
         [
             "config",
             None,
@@ -384,6 +392,8 @@ class Options(usage.Options):
             }
             config_values["allowed_origins"] = frozenset(self["origin"])
             config_values["server_names"] = frozenset(self["server-name"])
+            if self["tls-ca-file"]:
+                config_values["tls_ca_file"] = _readable_ca_file(self["tls-ca-file"])
             config_values["policy"] = DestinationPolicy(
                 self["allow"], {k: v for k, v in per_identity.items() if v}
             )
@@ -490,3 +500,14 @@ def makeService(options: Options) -> IService:
     service.foreground = twistd is None or bool(twistd.get("nodaemon"))
     HangupReload(partial(reparse, options), service.reconfigure).setServiceParent(service)
     return service
+
+
+def _readable_ca_file(path: str) -> str:
+    """``path`` if it holds at least one PEM certificate, or a usage error saying why not."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as e:
+        raise usage.UsageError(f"--tls-ca-file {path}: {e.strerror or e}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise usage.UsageError(f"--tls-ca-file {path}: no PEM certificate in it")
+    return path

@@ -153,3 +153,26 @@ class TwistedCanaries(SynchronousTestCase):
     def test_gai_resolver(self) -> None:
         """GAIResolver still lives in twisted.internet._resolver and resolves host names."""
         self.assertTrue(IHostnameResolver.implementedBy(_private.GAIResolver))
+
+
+class TLSCanaries(SynchronousTestCase):
+    def test_trust_root(self) -> None:
+        """IOpenSSLTrustRoot's one (private) method is still ``_addCACertsToContext``."""
+        from OpenSSL import SSL
+        from twisted.internet._sslverify import IOpenSSLTrustRoot
+
+        self.assertIn("_addCACertsToContext", IOpenSSLTrustRoot.names())
+        root = _private.trust_root(None)
+        self.assertTrue(IOpenSSLTrustRoot.providedBy(root))
+        root._addCACertsToContext(SSL.Context(SSL.TLS_METHOD))
+
+    def test_verify_callback(self) -> None:
+        """Twisted's ClientTLSOptions keeps its host name and builds ``_verifyCB`` from it."""
+        from twisted.internet import _sslverify
+        from twisted.internet.ssl import optionsForClientTLS
+
+        creator = optionsForClientTLS("imap.test")
+        self.assertTrue(creator._hostnameIsDnsName)
+        self.assertEqual(creator._hostnameASCII, "imap.test")
+        self.assertTrue(callable(_sslverify._verifyCB))
+        self.assertIn("_verifyCB(", inspect.getsource(_sslverify.ClientTLSOptions))

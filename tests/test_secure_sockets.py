@@ -7,12 +7,17 @@ it through ``tls_ca_file`` (``--tls-ca-file``), never by turning verification of
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tcpsocket.client import (
     DATA_EVENT,
+    DRAIN_EVENT,
     SecureTcpSocketManager,
     Session,
     TcpSocketError,
@@ -20,7 +25,7 @@ from tcpsocket.client import (
 )
 from tcpsocket.policy import DestinationPolicy
 from tcpsocket.services.securesocket.messages import SECURE_FINGERPRINT, SECURE_SIGNATURE
-from tests.support import TOKEN, Echo, start_daemon
+from tests.support import TOKEN, Echo, start_daemon, temp_dir
 from tests.tls_support import (
     TLS_NAMES,
     TLS_RULES,
@@ -194,3 +199,143 @@ class SecureSocketTests(TestCase):
         self.assertTrue(await secure.session.has_service("SecureTcpSocketManager"))
         socket = await secure.open(host="imap.test", port=port, use_secure_transport=True)
         self.assertTrue(socket.tls.secure)
+
+
+MiB = 1024 * 1024
+BLOCK = hashlib.sha256(b"tcpsocket").digest() * (256 * 1024 // 32)  # 256 KiB
+TOTAL = 64 * MiB
+
+
+def expected_digest() -> str:
+    digest = hashlib.sha256()
+    for _ in range(TOTAL // len(BLOCK)):
+        digest.update(BLOCK)
+    return digest.hexdigest()
+
+
+@implementer(IPullProducer)
+class _Blocks:
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.left = TOTAL // len(BLOCK)
+
+    def resumeProducing(self) -> None:
+        if not self.left:
+            self.transport.unregisterProducer()
+            return
+        self.left -= 1
+        self.transport.write(BLOCK)
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+class Bulk(Protocol):
+    """Sends 64 MiB, hashes what it receives; ``factory.received`` fires with the digest."""
+
+    def connectionMade(self) -> None:
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self.transport.registerProducer(_Blocks(self.transport), False)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.count += len(data)
+        if self.count == TOTAL:
+            self.factory.received.callback(self.digest.hexdigest())  # type: ignore[attr-defined]
+
+
+class BulkTests(TestCase):
+    timeout = 300
+
+    async def test_64_mib_each_way(self) -> None:
+        """64 MiB each way through TLS, byte-exact, with DRAIN, suspend and resume."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.internet.protocol import Factory
+        from twisted.internet.task import deferLater
+
+        factory = Factory.forProtocol(Bulk)
+        factory.received = defer.Deferred()  # type: ignore[attr-defined]
+        options = CA.issue("imap.test").server_options()
+        server = await SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(
+            factory
+        )
+        self.addCleanup(server.stopListening)
+        _, port = await start_daemon(
+            self,
+            tls_ca_file=CA.write(self),
+            resolver=TLS_NAMES,
+            policy=DestinationPolicy(TLS_RULES),
+        )
+        session = await Session.connect(f"ws://127.0.0.1:{port}/ws", TOKEN)
+        self.addCleanup(session.close)
+        manager = await SecureTcpSocketManager.get(session)
+        socket = await manager.open(
+            host="imap.test", port=server.getHost().port, use_secure_transport=True
+        )
+
+        digest = hashlib.sha256()
+        got = 0
+        all_in: defer.Deferred[None] = defer.Deferred()
+        drained: list[defer.Deferred[None]] = []
+        suspended_at: list[int] = []
+
+        def data(chunk: bytes) -> None:
+            nonlocal got
+            digest.update(chunk)
+            got += len(chunk)
+            if got >= 16 * MiB and not suspended_at:
+                suspended_at.append(got)
+                socket.suspend()
+            if got == TOTAL:
+                all_in.callback(None)
+
+        def drain(_: object) -> None:
+            while drained:
+                drained.pop().callback(None)
+
+        await socket.add_event_listener(DATA_EVENT, data)
+        await socket.add_event_listener(DRAIN_EVENT, drain)
+        for _ in range(TOTAL // len(BLOCK)):
+            if suspended_at and len(suspended_at) == 1:
+                # While suspended, only what was already on its way arrives.
+                await deferLater(reactor, 0.2, lambda: None)
+                held = got
+                await deferLater(reactor, 0.2, lambda: None)
+                self.assertLessEqual(got - held, 2 * MiB)
+                suspended_at.append(got)
+                await socket.resume()
+            if not await socket.send(BLOCK):
+                waiting: defer.Deferred[None] = defer.Deferred()
+                drained.append(waiting)
+                await waiting
+        await all_in
+        self.assertEqual(digest.hexdigest(), expected_digest())
+        self.assertEqual(await factory.received, expected_digest())  # type: ignore[attr-defined]
+
+
+class OptionTests(TestCase):
+    def test_tls_ca_file_option(self) -> None:
+        from twisted.python import usage
+
+        from tcpsocket.tap import Options
+
+        path = CA.write(self)
+        options = Options()
+        options.parseOptions(["--token", "a" * 16, "--tls-ca-file", path])
+        self.assertEqual(options["config"].tls_ca_file, path)
+        empty = temp_dir(self) / "empty.pem"
+        empty.write_text("nothing\n")
+        for bad, why in ((str(empty), "no PEM certificate"), ("/nonexistent/ca.pem", "No such")):
+            with self.assertRaisesRegex(usage.UsageError, why):
+                Options().parseOptions(["--token", "a" * 16, "--tls-ca-file", bad])
+
+    def test_no_client_option_turns_verification_off(self) -> None:
+        """The open options are SNI name, ALPN, noDelay, keep-alive: nothing about trust."""
+        from dataclasses import fields
+
+        from tcpsocket.services.securesocket.messages import SecureOpen, TlsOptions
+
+        names = {f.name for f in fields(SecureOpen)} | {f.name for f in fields(TlsOptions)}
+        self.assertFalse({n for n in names if "verif" in n or "insecure" in n or "trust" in n})
