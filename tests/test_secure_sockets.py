@@ -339,3 +339,20 @@ class OptionTests(TestCase):
 
         names = {f.name for f in fields(SecureOpen)} | {f.name for f in fields(TlsOptions)}
         self.assertFalse({n for n in names if "verif" in n or "insecure" in n or "trust" in n})
+
+
+class DocTests(TestCase):
+    def test_protocol_md_section_e(self) -> None:
+        """The fingerprint and test vectors in doc/protocol.md are the code's."""
+        from pathlib import Path
+
+        from tcpsocket.services.securesocket.messages import encode_secure_open, encode_upgrade
+
+        text = (Path(__file__).parent.parent / "doc" / "protocol.md").read_text()
+        section = text[text.index("## E. SecureTcpSocketManager") :]
+        self.assertIn(SECURE_FINGERPRINT, section)
+        for name in SECURE_SIGNATURE:
+            self.assertIn(f"`{name}`", section)
+        vector = encode_secure_open("imap.test", 993, use_secure_transport=True, alpn=("imap",))
+        self.assertIn(vector.hex(" "), section)
+        self.assertIn(encode_upgrade().hex(" "), section)
