@@ -22,7 +22,7 @@ setup(
     packages=find_packages(include=["tcpsocket", "tcpsocket.*"]) + ["twisted.plugins"],
     package_data={
         "tcpsocket": ["py.typed", "static/*", "static/*/*"],
-        "twisted": ["plugins/tcpsocket_plugin.py"],
+        "twisted": ["plugins/tcpsocket_plugin.py", "plugins/tcpsocket_endpoints.py"],
     },
     install_requires=[
         # tcpsocket/_private.py reaches into both; tests/test_private_canaries.py

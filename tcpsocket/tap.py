@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService
