@@ -22,6 +22,7 @@ __all__ = [
     "autobahn_data_received",
     "binary_frame_head",
     "cancel_autobahn_timers",
+    "client_tls_for",
     "drop_autobahn_futures",
     "drop_message_data",
     "option_handlers",
@@ -223,3 +224,16 @@ def record_verify_errors(
         return bool(twisted_callback(conn, certificate, code, depth, bool(ok)))
 
     connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
+
+
+def client_tls_for(name: str, options: Any) -> Any:
+    """Twisted's client TLS settings for ``name`` over shared ``CertificateOptions``
+    (whose one OpenSSL context every connection then uses).
+
+    ``optionsForClientTLS`` makes a new context per call, and each loads the whole
+    system trust store (about 1 MiB per connection); ``ClientTLSOptions`` itself,
+    which adds SNI and the host name check to a context, is not exported.
+    """
+    from twisted.internet._sslverify import ClientTLSOptions
+
+    return ClientTLSOptions(options._makeTLSConnection, name)

@@ -176,3 +176,18 @@ class TLSCanaries(SynchronousTestCase):
         self.assertEqual(creator._hostnameASCII, "imap.test")
         self.assertTrue(callable(_sslverify._verifyCB))
         self.assertIn("_verifyCB(", inspect.getsource(_sslverify.ClientTLSOptions))
+
+    def test_client_tls_options(self) -> None:
+        """ClientTLSOptions(createConnection, hostname) over CertificateOptions' own
+        ``_makeTLSConnection``: what optionsForClientTLS returns, with a shared context."""
+        from twisted.internet import _sslverify
+        from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
+
+        self.assertIn(
+            "ClientTLSOptions(\n        certificateOptions._makeTLSConnection, hostname",
+            inspect.getsource(_sslverify.optionsForClientTLS),
+        )
+        shared = CertificateOptions(trustRoot=_private.trust_root(None))
+        creator = _private.client_tls_for("imap.test", shared)
+        self.assertIsInstance(creator, type(optionsForClientTLS("imap.test")))
+        self.assertEqual(creator._hostnameASCII, "imap.test")

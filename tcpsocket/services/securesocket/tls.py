@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from twisted.internet import error
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpsocket._private import record_verify_errors, trust_root
+from tcpsocket._private import client_tls_for, record_verify_errors, trust_root
 from tcpsocket.services.securesocket.messages import TlsInfo, TlsOptions
 
 __all__ = ["VerifyingCreator", "client_creator", "describe_tls_failure", "tls_info"]
@@ -26,10 +27,8 @@ class VerifyingCreator:
     """Twisted's client TLS settings for one connection, remembering why the chain failed."""
 
     def __init__(self, host: str, options: TlsOptions, ca_file: str | None) -> None:
-        self._creator = optionsForClientTLS(
-            options.server_name or host,
-            trustRoot=trust_root(ca_file),
-            acceptableProtocols=[p.encode("utf-8") for p in options.alpn] or None,
+        self._creator = client_tls_for(
+            options.server_name or host, _shared_options(ca_file, options.alpn)
         )
         #: The first OpenSSL X509_V_ERR code of the peer's chain (0: none).
         self.verify_error = 0
@@ -42,6 +41,17 @@ class VerifyingCreator:
     def _record(self, code: int) -> None:
         if not self.verify_error:
             self.verify_error = code
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_options(ca_file: str | None, alpn: tuple[str, ...]) -> CertificateOptions:
+    """One OpenSSL context per trust file and ALPN list, shared by the connections
+    (what ``optionsForClientTLS`` would make for each: verified, with the system's
+    trust store and ``ca_file``).  The CA file is read once, when first needed."""
+    return CertificateOptions(
+        trustRoot=trust_root(ca_file),
+        acceptableProtocols=[p.encode("utf-8") for p in alpn] or None,
+    )
 
 
 def client_creator(host: str, options: TlsOptions, ca_file: str | None) -> VerifyingCreator:
