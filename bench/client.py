@@ -516,11 +516,19 @@ class Session:
         return future
 
     async def open(
-        self, host: str, port: int, events: Iterable[Event] = tuple(Event), secure: bool = False
+        self,
+        host: str,
+        port: int,
+        events: Iterable[Event] = tuple(Event),
+        secure: bool = False,
+        server_name: str = "",
     ) -> DaemonStream:
-        """Open a socket (with TLS from the start, on a secure session, if ``secure``)."""
+        """Open a socket (with TLS from the start, verified for ``server_name``, on a
+        secure session, if ``secure``)."""
         if secure:
-            content = encode_secure_open(host, port, use_secure_transport=True)
+            content = encode_secure_open(
+                host, port, use_secure_transport=True, server_name=server_name
+            )
         else:
             content = encode_open(host, port)
         answer = await self.call(self.service, 0, content)

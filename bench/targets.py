@@ -536,7 +536,7 @@ class DaemonTLSTarget(DaemonTarget):
         argv = super().argv(port)
         if self.how == "bench.launch_daemon":
             raise RuntimeError("the TLS target needs the twistd plugin (--tls-ca-file)")
-        return [*argv, "--tls-ca-file", str(self.ca_file), "--allow", "localhost:*"]
+        return [*argv, "--tls-ca-file", str(self.ca_file)]
 
     async def new_session(self) -> Session:
         return await open_session(self.port, TOKEN, secure=True)

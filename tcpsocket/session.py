@@ -1,8 +1,15 @@
-"""The session WebSocket: handshake, core service, and routing to services.
+"""The session WebSocket: the Autobahn adapter of a session.
 
 One :class:`SessionProtocol` per WebSocket connection at ``/ws``.  The first
 binary message is the token (protocol.md A.2, B.1); after that every message
 is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
+
+The session's transport-free parts live apart: the handshake decision in
+:mod:`tcpsocket.handshake`, the core service and the routing to services in
+:mod:`tcpsocket.routing`, backpressure towards the client in
+:mod:`tcpsocket.fairness`.  This module is what needs Autobahn and a
+transport: the front door (admission, origin, pings, idle and non-reading
+clients), frames, timers and close codes.
 """
 
 from __future__ import annotations
@@ -34,12 +41,12 @@ from tcpsocket.bincode import DecodeError
 from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
 from tcpsocket.fairness import FairShare, Waiter
+from tcpsocket.handshake import Refusal, authenticate
 from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.memory import HeapTrimmer
 from tcpsocket.messages import (
     data_event_head,
     decode_base,
-    decode_handshake,
     encode_ack,
     encode_event,
     encode_response,
@@ -430,27 +437,21 @@ class SessionProtocol(WebSocketServerProtocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
-        value = decode_handshake(payload)
-        failures = self.factory.failures
-        if not failures.allows(self._address):
-            # No token is checked from an address out of budget: guessing is slowed down.
-            self._refuse(POLICY_VIOLATION, "too many failed handshakes, try again later")
+        factory = self.factory
+        granted = authenticate(
+            payload,
+            config=self.config,
+            failures=factory.failures,
+            address=self._address,
+            origin=self._origin,
+            origin_allowed=self._origin_allowed,
+            sessions_full=self.factory.authenticated_sessions()
+            >= self.factory.budgets.max_sessions,
+        )
+        if isinstance(granted, Refusal):
+            self._refuse(granted.code, granted.reason)
             return
-        token = self.config.tokens.authenticate(value, self._origin)
-        if token is None:
-            failures.spend(self._address)
-            self.config.metrics.handshake_failed("invalid-token")
-            self._refuse(POLICY_VIOLATION, "invalid token")
-            return
-        if not token.origins and not self._origin_allowed:
-            # Let in for a token pinned to this origin, but this token is not.
-            failures.spend(self._address)
-            self._refuse(POLICY_VIOLATION, "origin mismatch for this token")
-            return
-        if self.factory.authenticated_sessions() >= self.factory.budgets.max_sessions:
-            self.config.metrics.session_refused("capacity")
-            self._refuse(TRY_AGAIN_LATER, "too many sessions")
-            return
+        token = granted
         self._authenticated = True
         self.identity = token.identity
         self.router.permissions = frozenset(token.permissions)
