@@ -543,7 +543,11 @@ class DaemonTLSTarget(DaemonTarget):
 
     async def open_on(self, session: Any, data_only: bool = False) -> Stream:
         events = (Event.DATA,) if data_only else tuple(Event)
-        stream: DaemonStream = await session.open(TLS_NAME, self.remote_port, events, secure=True)
+        # An address (no name lookup per open, as for the plain target), and the
+        # certificate's name for SNI and verification.
+        stream: DaemonStream = await session.open(
+            "127.0.0.1", self.remote_port, events, secure=True, server_name=TLS_NAME
+        )
         return stream
 
 
