@@ -89,6 +89,9 @@ class ServerConfig:
     idle_timeout: float = 600.0
     #: A PEM file of certificate authorities that secure sockets trust besides the system's.
     tls_ca_file: str | None = None
+    #: TLS server names whose certificates secure sockets accept without verification (the
+    #: operator's exceptions, e.g. a device with a self-signed certificate; never a client's).
+    tls_no_verify: frozenset[str] = frozenset()
     #: The services sessions offer, by name (doc/extending.md).
     services: ServiceRegistry = field(default_factory=default_services, compare=False)
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
@@ -128,6 +131,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1")
         object.__setattr__(
             self, "allowed_origins", frozenset(o.lower().rstrip("/") for o in self.allowed_origins)
+        )
+        object.__setattr__(
+            self, "tls_no_verify", frozenset(n.lower().rstrip(".") for n in self.tls_no_verify)
         )
         object.__setattr__(
             self, "server_names", frozenset(n.lower().rstrip(".") for n in self.server_names)

@@ -279,6 +279,7 @@ class Options(usage.Options):
         self["allow"] = []
         self["origin"] = []
         self["server-name"] = []
+        self["tls-no-verify"] = []
         name_coercions(self)
 
     def opt_version(self) -> None:
@@ -324,6 +325,12 @@ class Options(usage.Options):
         """A host name the daemon is reached by, besides localhost and its addresses
         (repeatable; '*': any). Other Host headers get 421 (DNS rebinding)."""
         self["server-name"].append(name)
+
+    def opt_tls_no_verify(self, name: str) -> None:
+        """A TLS server name whose certificate secure sockets accept unverified, e.g. a
+        device with a self-signed certificate (repeatable; the operator's exception, which
+        no client can make). Prefer --tls-ca-file."""
+        self["tls-no-verify"].append(name)
 
     def opt_allow(self, rule: str) -> None:
         self._rule(rule, allow=True)
@@ -392,6 +399,7 @@ class Options(usage.Options):
             }
             config_values["allowed_origins"] = frozenset(self["origin"])
             config_values["server_names"] = frozenset(self["server-name"])
+            config_values["tls_no_verify"] = frozenset(self["tls-no-verify"])
             if self["tls-ca-file"]:
                 config_values["tls_ca_file"] = _readable_ca_file(self["tls-ca-file"])
             config_values["policy"] = DestinationPolicy(

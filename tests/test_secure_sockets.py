@@ -159,6 +159,31 @@ class SecureSocketTests(TestCase):
         )
         self.assertIn("unknown authority", reason)
 
+    async def test_operator_exception(self) -> None:
+        """--tls-no-verify NAME: the operator, never a client, accepts a name's certificate
+        unverified (a device with its own CA); other names are still verified."""
+        options = TestAuthority("a device's own CA").issue("imap.test").server_options()
+        port = await listen_tls(self, options, Echo)
+        _, daemon = await start_daemon(
+            self,
+            tls_ca_file=CA.write(self),
+            tls_no_verify=frozenset({"IMAP.test."}),
+            resolver=TLS_NAMES,
+            policy=DestinationPolicy(TLS_RULES),
+        )
+        session = await Session.connect(f"ws://127.0.0.1:{daemon}/ws", TOKEN)
+        self.addCleanup(session.close)
+        manager = await SecureTcpSocketManager.get(session)
+        socket = await manager.open(host="imap.test", port=port, use_secure_transport=True)
+        self.assertTrue(socket.tls.secure)
+        self.assertEqual(socket.tls.peer_subject, "CN=imap.test")
+        # Another name for the same server is verified, and refused.
+        other = manager.open(
+            host="imap.test", port=port, use_secure_transport=True, server_name="other.test"
+        )
+        with self.assertRaisesRegex(TcpSocketError, "unknown authority|name mismatch"):
+            await other
+
     async def test_expired(self) -> None:
         reason = await self.failure(
             CA.issue("expired.test", expired=True).server_options(), "expired.test"
@@ -323,8 +348,11 @@ class OptionTests(TestCase):
 
         path = CA.write(self)
         options = Options()
-        options.parseOptions(["--token", "a" * 16, "--tls-ca-file", path])
+        options.parseOptions(
+            ["--token", "a" * 16, "--tls-ca-file", path, "--tls-no-verify", "printer.lan"]
+        )
         self.assertEqual(options["config"].tls_ca_file, path)
+        self.assertEqual(options["config"].tls_no_verify, {"printer.lan"})
         empty = temp_dir(self) / "empty.pem"
         empty.write_text("nothing\n")
         for bad, why in ((str(empty), "no PEM certificate"), ("/nonexistent/ca.pem", "No such")):

@@ -139,7 +139,7 @@ class SecureSocketService(TcpSocketManagerService):
 
     def _creator(self, socket: SecureRemoteSocket, options: TlsOptions) -> Any:
         config = self.session.config
-        return client_creator(socket.host, options, config.tls_ca_file)
+        return client_creator(socket.host, options, config.tls_ca_file, config.tls_no_verify)
 
     def _upgrade(self, object_id: int, request_id: int, options: TlsOptions) -> None:
         def fail(reason: str) -> None:

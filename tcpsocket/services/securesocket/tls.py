@@ -14,7 +14,13 @@ from zope.interface import implementer
 from tcpsocket._private import client_tls_for, record_verify_errors, trust_root
 from tcpsocket.services.securesocket.messages import TlsInfo, TlsOptions
 
-__all__ = ["VerifyingCreator", "client_creator", "describe_tls_failure", "tls_info"]
+__all__ = [
+    "UnverifiedCreator",
+    "VerifyingCreator",
+    "client_creator",
+    "describe_tls_failure",
+    "tls_info",
+]
 
 #: OpenSSL's X509_V_ERR codes that mean "no trusted authority signed this".
 _UNKNOWN_CA = frozenset({2, 18, 19, 20, 21, 27})
@@ -54,9 +60,39 @@ def _shared_options(ca_file: str | None, alpn: tuple[str, ...]) -> CertificateOp
     )
 
 
-def client_creator(host: str, options: TlsOptions, ca_file: str | None) -> VerifyingCreator:
+@implementer(IOpenSSLClientConnectionCreator)
+class UnverifiedCreator:
+    """TLS without certificate verification, for a server name the operator exempted;
+    SNI and ALPN as usual."""
+
+    verify_error = 0
+
+    def __init__(self, host: str, options: TlsOptions) -> None:
+        self._name = (options.server_name or host).encode("idna")
+        self._options = _unverified_options(options.alpn)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        connection.set_tlsext_host_name(self._name)
+        return connection
+
+
+@functools.lru_cache(maxsize=8)
+def _unverified_options(alpn: tuple[str, ...]) -> CertificateOptions:
+    return CertificateOptions(acceptableProtocols=[p.encode("utf-8") for p in alpn] or None)
+
+
+def client_creator(
+    host: str,
+    options: TlsOptions,
+    ca_file: str | None,
+    no_verify: frozenset[str] = frozenset(),
+) -> VerifyingCreator | UnverifiedCreator:
     """The client TLS settings of one connection: verified against the system's trust
-    store (and ``ca_file``), for ``options.server_name`` or else ``host``."""
+    store (and ``ca_file``), for ``options.server_name`` or else ``host``; unverified only
+    for a name in the operator's ``no_verify``."""
+    if (options.server_name or host).lower().rstrip(".") in no_verify:
+        return UnverifiedCreator(host, options)
     return VerifyingCreator(host, options, ca_file)
 
 
