@@ -22,17 +22,19 @@ setup(
     packages=find_packages(include=["tcpsocket", "tcpsocket.*"]) + ["twisted.plugins"],
     package_data={
         "tcpsocket": ["py.typed", "static/*", "static/*/*"],
-        "twisted": ["plugins/tcpsocket_plugin.py"],
+        "twisted": ["plugins/tcpsocket_plugin.py", "plugins/tcpsocket_endpoints.py"],
     },
     install_requires=[
-        "twisted>=24.7",
-        "autobahn>=24.4",
+        # tcpsocket/_private.py reaches into both; tests/test_private_canaries.py
+        # checks each use, so the upper bounds are the releases it was checked with.
+        "twisted>=24.7,<27",
+        "autobahn>=24.4,<27",
         "prometheus_client>=0.17",
         "PyJWT>=2.8",
         "tomli>=2; python_version<'3.11'",
     ],
     extras_require={
-        "tls": ["twisted[tls]"],
+        "tls": ["twisted[tls]"],  # also the secure-socket service (tcpsocket/services/securesocket)
         # RS256/ES256 signed tokens (--jwt-public-key-file) and the shared single-use store.
         "jwt-keys": ["PyJWT[crypto]>=2.8"],
         "redis": ["redis>=4.2"],

@@ -39,6 +39,7 @@ from tcpsocket.messages import (
     Method,
     ObjectRef,
     Reply,
+    SocketReply,
     decode_core_response,
     decode_socket_reply,
     encode_handshake,
@@ -46,6 +47,12 @@ from tcpsocket.messages import (
     encode_open,
     encode_request,
 )
+from tcpsocket.services.securesocket.messages import (
+    SECURE_FINGERPRINT,
+    decode_socket_info,
+    encode_secure_open,
+)
+from tcpsocket.services.securesocket.messages import SERVICE_NAME as SECURE_SERVICE_NAME
 
 try:
     from websockets.speedups import apply_mask
@@ -473,7 +480,9 @@ class Session:
         self.errors: list[str] = []
         conn.on_close = self._on_close
 
-    async def start(self, token: str) -> None:
+    async def start(self, token: str, secure: bool = False) -> None:
+        """Handshake, then GetService: TcpSocketManager, or SecureTcpSocketManager if
+        ``secure``."""
         loop = asyncio.get_running_loop()
         self._ack = loop.create_future()
         self.conn.on_message = self._on_ack
@@ -482,7 +491,7 @@ class Session:
             raise SessionError("token refused")
         self.conn.on_message = self._on_message
         response = decode_core_response(
-            await self.call(0, 0, GetService(SERVICE_NAME, TCPSOCKET_FINGERPRINT).encode())
+            await self.call(0, 0, GetService(*_service(secure)).encode())
         )
         if response.result is not GetServiceResult.SUCCESS:
             raise SessionError(f"GetService failed: {response.result}")
@@ -507,11 +516,27 @@ class Session:
         return future
 
     async def open(
-        self, host: str, port: int, events: Iterable[Event] = tuple(Event)
+        self,
+        host: str,
+        port: int,
+        events: Iterable[Event] = tuple(Event),
+        secure: bool = False,
+        server_name: str = "",
     ) -> DaemonStream:
-        reply = decode_socket_reply(await self.call(self.service, 0, encode_open(host, port)))
+        """Open a socket (with TLS from the start, verified for ``server_name``, on a
+        secure session, if ``secure``)."""
+        if secure:
+            content = encode_secure_open(
+                host, port, use_secure_transport=True, server_name=server_name
+            )
+        else:
+            content = encode_open(host, port)
+        answer = await self.call(self.service, 0, content)
+        reply = decode_socket_reply(answer)
         if reply.reply is not Reply.OPEN_SUCCESS:
             raise SessionError(f"open failed: {reply.detail}")
+        if secure:
+            reply = SocketReply(reply.reply, decode_socket_info(answer).socket_id)
         assert isinstance(reply.value, int)
         stream = DaemonStream(self, reply.value)
         self.streams[reply.value] = stream
@@ -574,9 +599,15 @@ class Session:
         await self.conn.close()
 
 
-async def open_session(port: int, token: str) -> Session:
+def _service(secure: bool) -> tuple[str, str]:
+    if secure:
+        return SECURE_SERVICE_NAME, SECURE_FINGERPRINT
+    return SERVICE_NAME, TCPSOCKET_FINGERPRINT
+
+
+async def open_session(port: int, token: str, secure: bool = False) -> Session:
     session = Session(await open_ws(port, "/ws"))
-    await session.start(token)
+    await session.start(token, secure)
     return session
 
 

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 
 from bench.procstat import raise_nofile_limit
@@ -120,9 +121,14 @@ class RemoteProtocol(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(max_seconds: float) -> None:
+async def serve(max_seconds: float, tls_dir: str | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(RemoteProtocol, "127.0.0.1", 0, backlog=4096)
+    context = None
+    if tls_dir is not None:
+        # TLS from the first byte, with the certificate of bench/tlscert.py.
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(f"{tls_dir}/server.pem", f"{tls_dir}/server.key")
+    server = await loop.create_server(RemoteProtocol, "127.0.0.1", 0, backlog=4096, ssl=context)
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
     sys.stdout.flush()
@@ -142,9 +148,10 @@ async def serve(max_seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-seconds", type=float, default=1800.0)
+    parser.add_argument("--tls-dir", help="serve TLS with server.pem/server.key of this directory")
     args = parser.parse_args()
     raise_nofile_limit()
-    asyncio.run(serve(args.max_seconds))
+    asyncio.run(serve(args.max_seconds, args.tls_dir))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from bench import procstat, workloads
 from bench.client import SEND_WINDOW, WRITE_HIGH
 from bench.targets import (
     DaemonTarget,
+    DaemonTLSTarget,
     DirectTarget,
     Processes,
     ServerTarget,
@@ -42,6 +43,7 @@ from bench.targets import (
     lists_option,
     start_remote,
 )
+from bench.tlscert import write_tls_files
 
 #: Every target, in table order.
 TARGETS = ("direct", "websockify", "wisp-python", "wisp-server-node", "tcpsocket")
@@ -151,7 +153,7 @@ async def profile_daemon(
     found: dict[str, Any] = {}
 
     async def echo(target: Target, remote_pid: int, size: int) -> dict[str, Any]:
-        return await workloads.echo(target, remote_pid, 5.0)
+        return await workloads.echo(target, _remote_pid(target, remote_pid), 5.0)
 
     for name, work in (
         ("download", workloads.bulk_download),
@@ -178,7 +180,7 @@ async def profile_daemon(
         )
         try:
             await asyncio.sleep(1.0)
-            result = await work(target, remote_pid, size)
+            result = await work(target, _remote_pid(target, remote_pid), size)
         finally:
             spy.send_signal(signal.SIGINT)
             try:
@@ -217,6 +219,12 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+def _remote_pid(target: Target, default: int) -> int:
+    """The remote server process of ``target`` (the TLS target has its own)."""
+    pid: int = getattr(target, "remote_pid", default)
+    return pid
+
+
 async def run_all(
     targets: list[Target],
     remote_pid: int,
@@ -236,7 +244,7 @@ async def run_all(
                 ("upload", workloads.bulk_upload),
             ):
                 for target in targets:
-                    result = await work(target, remote_pid, size)
+                    result = await work(target, _remote_pid(target, remote_pid), size)
                     runs[target.name][kind].append(result)
                     log(
                         f"  {kind:8} {target.name:10} run {repeat + 1}: {result['MBps']:8.1f} MB/s"
@@ -248,7 +256,9 @@ async def run_all(
             for kind in ("download", "upload"):
                 results[target.name][kind] = _median_run(runs[target.name][kind], "MBps")
     if not args.skip_echo:
-        runs_echo = [workloads.EchoRun(target, remote_pid) for target in targets]
+        runs_echo = [
+            workloads.EchoRun(target, _remote_pid(target, remote_pid)) for target in targets
+        ]
         try:
             for run in runs_echo:
                 await run.open()
@@ -274,7 +284,9 @@ async def run_all(
         for repeat in range(plan["stream_repeats"]):
             for target in group:
                 try:
-                    result = await workloads.many_streams_download(target, remote_pid, count, size)
+                    result = await workloads.many_streams_download(
+                        target, _remote_pid(target, remote_pid), count, size
+                    )
                 except Exception as e:  # reported in the table, the other targets go on
                     result = {"failed": f"{type(e).__name__}: {e}"}
                     log(f"  {count} streams {target.name:10} run {repeat + 1}: {result['failed']}")
@@ -311,7 +323,7 @@ async def run_all(
                 await asyncio.sleep(0.3)
                 result = await workloads.many_sockets(
                     target,
-                    remote_pid,
+                    _remote_pid(target, remote_pid),
                     count,
                     min(plan["sessions"], count),
                     plan["many_echo_seconds"],
@@ -700,6 +712,22 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "wisp-server-node":
                 prefix = Path(args.wisp_node_dir) if args.wisp_node_dir else None
                 targets.append(WispNodeTarget(remote_port, processes, prefix))
+            elif name == "tcpsocket-tls":
+                tls_dir = logdir / "tls"
+                tls_dir.mkdir()
+                ca_file, _, _ = write_tls_files(tls_dir)
+                tls_port, tls_pid = start_remote(processes, tls_dir)
+                tls_target = DaemonTLSTarget(
+                    tls_port,
+                    processes,
+                    ca_file,
+                    settings=settings,
+                    mode="twistd" if args.daemon == "auto" else args.daemon,
+                    source=args.daemon_source,
+                    env=daemon_env,
+                )
+                tls_target.remote_pid = tls_pid  # type: ignore[attr-defined]
+                targets.append(tls_target)
             elif name == "tcpsocket":
                 mode = "launcher" if args.daemon == "launcher" else args.daemon
                 for count in workers:

@@ -26,6 +26,7 @@ from bench.client import (
     open_session,
     open_websockify,
 )
+from bench.tlscert import TLS_NAME
 from bench.wisp_client import WispSession, WispStream, open_wisp
 from tcpsocket.messages import Event
 
@@ -119,10 +120,14 @@ class Processes:
             self.stop(proc)
 
 
-def start_remote(processes: Processes) -> tuple[int, int]:
-    """Start ``python -m bench.remote``; returns its port and process id."""
+def start_remote(processes: Processes, tls_dir: Path | None = None) -> tuple[int, int]:
+    """Start ``python -m bench.remote`` (serving TLS with the files of ``tls_dir``, if
+    given); returns its port and process id."""
+    argv = [sys.executable, "-m", "bench.remote"]
+    if tls_dir is not None:
+        argv += ["--tls-dir", str(tls_dir)]
     remote = processes.start(
-        "remote", [sys.executable, "-m", "bench.remote"], stdout=subprocess.PIPE
+        "remote-tls" if tls_dir is not None else "remote", argv, stdout=subprocess.PIPE
     )
     assert remote.stdout is not None
     line = remote.stdout.readline()
@@ -512,6 +517,38 @@ class DaemonTarget(MuxTarget):
     async def release(self, stream: Stream) -> None:
         assert isinstance(stream, DaemonStream)
         await stream.session.close()
+
+
+class DaemonTLSTarget(DaemonTarget):
+    """tcpsocket's SecureTcpSocketManager: the daemon runs TLS to a TLS remote.
+
+    The daemon trusts the bench's CA through ``--tls-ca-file`` and verifies the remote's
+    certificate for ``localhost``, as always; compare with ``tcpsocket`` for the cost of TLS.
+    """
+
+    name = "tcpsocket-tls"
+
+    def __init__(self, remote_port: int, processes: Processes, ca_file: Path, **kw: Any) -> None:
+        super().__init__(remote_port, processes, **kw)
+        self.ca_file = ca_file
+
+    def argv(self, port: int) -> list[str]:
+        argv = super().argv(port)
+        if self.how == "bench.launch_daemon":
+            raise RuntimeError("the TLS target needs the twistd plugin (--tls-ca-file)")
+        return [*argv, "--tls-ca-file", str(self.ca_file)]
+
+    async def new_session(self) -> Session:
+        return await open_session(self.port, TOKEN, secure=True)
+
+    async def open_on(self, session: Any, data_only: bool = False) -> Stream:
+        events = (Event.DATA,) if data_only else tuple(Event)
+        # An address (no name lookup per open, as for the plain target), and the
+        # certificate's name for SNI and verification.
+        stream: DaemonStream = await session.open(
+            "127.0.0.1", self.remote_port, events, secure=True, server_name=TLS_NAME
+        )
+        return stream
 
 
 class WispTarget(MuxTarget):

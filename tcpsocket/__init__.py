@@ -13,13 +13,45 @@ The Python client is :mod:`tcpsocket.client`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tcpsocket._version import __version__
-from tcpsocket.config import ServerConfig
-from tcpsocket.policy import AllowAll, AllowList, DestinationPolicy, Rule
-from tcpsocket.session import SessionFactory
-from tcpsocket.site import TcpSocketService, TcpSocketSite, build_site
-from tcpsocket.tokens import Token, TokenStore
-from tcpsocket.web import ApiV1Resource, DemoResource
+
+if TYPE_CHECKING:
+    from tcpsocket.config import ServerConfig
+    from tcpsocket.policy import AllowAll, AllowList, DestinationPolicy, Rule
+    from tcpsocket.session import SessionFactory
+    from tcpsocket.site import TcpSocketService, TcpSocketSite, build_site
+    from tcpsocket.tokens import Token, TokenStore
+    from tcpsocket.web import ApiV1Resource, DemoResource
+
+#: Where each name lives: imported on first use, so that ``tcpsocket.client``
+#: (a package of this one) does not load the server.
+_LAZY = {
+    "ServerConfig": "tcpsocket.config",
+    "AllowAll": "tcpsocket.policy",
+    "AllowList": "tcpsocket.policy",
+    "DestinationPolicy": "tcpsocket.policy",
+    "Rule": "tcpsocket.policy",
+    "SessionFactory": "tcpsocket.session",
+    "TcpSocketService": "tcpsocket.site",
+    "TcpSocketSite": "tcpsocket.site",
+    "build_site": "tcpsocket.site",
+    "Token": "tcpsocket.tokens",
+    "TokenStore": "tcpsocket.tokens",
+    "ApiV1Resource": "tcpsocket.web",
+    "DemoResource": "tcpsocket.web",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tcpsocket' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "AllowAll",

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
 from tcpsocket.interfaces import IOpenPolicy, ITokenStore
 from tcpsocket.metrics import Metrics
 from tcpsocket.policy import DestinationPolicy
+from tcpsocket.services import ServiceRegistry, default_services
 
 DEFAULT_LISTEN = "tcp:8081:interface=127.0.0.1"
 KiB = 1024
@@ -86,6 +87,13 @@ class ServerConfig:
     keepalive_timeout: float = 20.0
     #: Seconds a session with no socket open may send nothing before it is closed (0: never).
     idle_timeout: float = 600.0
+    #: A PEM file of certificate authorities that secure sockets trust besides the system's.
+    tls_ca_file: str | None = None
+    #: TLS server names whose certificates secure sockets accept without verification (the
+    #: operator's exceptions, e.g. a device with a self-signed certificate; never a client's).
+    tls_no_verify: frozenset[str] = frozenset()
+    #: The services sessions offer, by name (doc/extending.md).
+    services: ServiceRegistry = field(default_factory=default_services, compare=False)
     #: Makes the endpoint each ``open`` connects through (``tcpsocket.testing`` puts fakes here).
     connect: RemoteConnector = remote_endpoint
     #: Counters of this daemon, served at ``/metrics`` (each config gets its own).
@@ -123,6 +131,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be at least 1")
         object.__setattr__(
             self, "allowed_origins", frozenset(o.lower().rstrip("/") for o in self.allowed_origins)
+        )
+        object.__setattr__(
+            self, "tls_no_verify", frozenset(n.lower().rstrip(".") for n in self.tls_no_verify)
         )
         object.__setattr__(
             self, "server_names", frozenset(n.lower().rstrip(".") for n in self.server_names)

@@ -23,6 +23,8 @@ from typing import Any
 
 from twisted.python import usage
 
+from tcpsocket._private import option_handlers
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -55,7 +57,7 @@ class NamedCoerceParameter(usage.CoerceParameter):
 
 def name_coercions(options: usage.Options) -> None:
     """Make every coerced parameter of ``options`` name itself in its errors."""
-    dispatch: dict[str, Any] = options._dispatch
+    dispatch = option_handlers(options)
     for name, handler in list(dispatch.items()):
         if type(handler) is usage.CoerceParameter:
             dispatch[name] = NamedCoerceParameter(options, handler.coerce)
@@ -100,7 +102,7 @@ def apply_config_file(options: usage.Options, path: str, skip: set[str]) -> None
         raise usage.UsageError(f"--config {path}: {e.strerror or e}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise usage.UsageError(f"--config {path}: {e}") from None
-    dispatch: dict[str, Any] = options._dispatch
+    dispatch = option_handlers(options)
     for key, value in table.items():
         line = _line_of(text, key)
         where = f"{path}, line {line}" if line is not None else path

@@ -21,6 +21,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from tcpsocket._private import request_has_body
 from tcpsocket.admission import client_address
 from tcpsocket.logtext import printable
 
@@ -92,7 +93,7 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def headerReceived(self, line: bytes) -> bool:
         ok: bool = super().headerReceived(line)
-        if ok and self._transferDecoder is not None and self.length != 0:
+        if ok and request_has_body(self):
             # The daemon serves GET, HEAD and OPTIONS: no body is ever needed.
             self._refused = True
             self._cancel_header_deadline()

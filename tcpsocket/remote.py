@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpsocket._private import set_buffer_size, transport_unsent
 from tcpsocket.messages import (
     Event,
     Reply,
@@ -52,17 +53,6 @@ log = Logger()
 
 _CLOSE_EVENT = encode_reply(Reply.CLOSE_EVENT)
 _DRAIN_EVENT = encode_drain_event(True)
-
-
-def transport_unsent(transport: Any) -> int:
-    """Bytes a Twisted TCP transport still holds (not yet taken by the kernel).
-
-    Reads ``FileDescriptor`` internals (0 for other transports).
-    """
-    try:
-        return int(transport._tempDataLen + len(transport.dataBuffer) - transport.offset)
-    except (AttributeError, TypeError):
-        return 0
 
 
 class SocketError(Exception):
@@ -225,7 +215,7 @@ class RemoteSocket(Protocol):
         transport: Any = self.transport
         # The transport's buffer size is both where it pauses us as a producer
         # and how much it reads at once.
-        transport.bufferSize = self.config.high_water_mark
+        set_buffer_size(transport, self.config.high_water_mark)
         transport.registerProducer(_TransportFlow(self), True)
         if ITCPTransport.providedBy(transport):
             # Interactive protocols (SSH, IRC) must not wait for Nagle.

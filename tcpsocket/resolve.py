@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet._resolver import GAIResolver  # the public resolver, on our pool
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -28,6 +27,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
+
+from tcpsocket._private import GAIResolver
 
 __all__ = ["CheckedNames", "FixedResolver", "LookupRefused", "Lookups"]
 

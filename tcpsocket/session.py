@@ -1,15 +1,20 @@
-"""The session WebSocket: handshake, core service, and routing to services.
+"""The session WebSocket: the Autobahn adapter of a session.
 
 One :class:`SessionProtocol` per WebSocket connection at ``/ws``.  The first
 binary message is the token (protocol.md A.2, B.1); after that every message
 is a BaseMessage (A.3).  A malformed message ends this session only (B.2).
+
+The session's transport-free parts live apart: the handshake decision in
+:mod:`tcpsocket.handshake`, the core service and the routing to services in
+:mod:`tcpsocket.routing`, backpressure towards the client in
+:mod:`tcpsocket.fairness`.  This module is what needs Autobahn and a
+transport: the front door (admission, origin, pings, idle and non-reading
+clients), frames, timers and close codes.
 """
 
 from __future__ import annotations
 
 import itertools
-import struct
-from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -22,49 +27,38 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 
-from tcpsocket._timers import use_reactor_timers
+from tcpsocket._private import (
+    autobahn_data_received,
+    binary_frame_head,
+    cancel_autobahn_timers,
+    drop_autobahn_futures,
+    drop_message_data,
+    set_buffer_size,
+    use_reactor_timers,
+)
 from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBucket, client_address
 from tcpsocket.bincode import DecodeError
 from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
 from tcpsocket.fairness import FairShare, Waiter
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.handshake import Refusal, authenticate
 from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.memory import HeapTrimmer
 from tcpsocket.messages import (
-    CORE_SERVICE,
-    PERMISSION,
-    REPLIES,
-    SERVICE_NAME,
-    Core,
-    CoreRequest,
-    GetService,
-    GetServiceResult,
-    HasService,
-    Kind,
     data_event_head,
     decode_base,
-    decode_core_request,
-    decode_handshake,
-    decode_socket_request,
     encode_ack,
-    encode_core_bool_response,
     encode_event,
-    encode_get_service_response,
-    encode_reply,
     encode_response,
 )
 from tcpsocket.origins import origin_allowed
-from tcpsocket.service import TcpSocketManagerService
+from tcpsocket.routing import ServiceRouter
 from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionFactory", "SessionProtocol"]
 
 log = Logger()
 
-_FRAME_7 = struct.Struct(">BB")
-_FRAME_16 = struct.Struct(">BBH")
-_FRAME_64 = struct.Struct(">BBQ")
 
 #: WebSocket close codes (RFC 6455).
 GOING_AWAY = 1001
@@ -95,13 +89,12 @@ class SessionProtocol(WebSocketServerProtocol):
         #: Numbers the factory's sessions from 1; the ``session`` field of their log events.
         self.session_id = 0
         self.sockets_in_use = 0
-        self.services: dict[int, TcpSocketManagerService] = {}
-        self._permissions: frozenset[str] = frozenset()
+        #: The core service and this session's service instances (transport-free).
+        self.router = ServiceRouter(self)
         self._authenticated = False
         self._ending = False
         # Told by the WebSocket's transport when the client is not keeping up (B.10).
         self._share = FairShare(self._set_reading)
-        self._next_service_id = 1
         self._handshake_timer: IDelayedCall | None = None
         self._peer_name = "?"
         self._origin: str | None = None
@@ -129,6 +122,11 @@ class SessionProtocol(WebSocketServerProtocol):
         else:
             self._closed_waiters.append(waiter)
         return waiter
+
+    @property
+    def services(self) -> dict[int, Any]:
+        """This session's service instances by id."""
+        return self.router.services
 
     # -- SessionLink -----------------------------------------------------------
 
@@ -246,12 +244,12 @@ class SessionProtocol(WebSocketServerProtocol):
         self._fragments += 1
         if self._fragments > MAX_FRAGMENTS and not self._cut_off:
             self._cut(MESSAGE_TOO_BIG, f"a message of more than {MAX_FRAGMENTS} fragments")
-            self.message_data = []
+            drop_message_data(self)
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
         # debug logging is off.
-        self._dataReceived(data)
+        autobahn_data_received(self, data)
 
     def onOpen(self) -> None:
         transport: Any = self.transport
@@ -261,7 +259,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # Twisted Web registered its HTTP channel as the producer; the session
         # takes over, so that a slow client pauses reading from its remotes.
         transport.unregisterProducer()
-        transport.bufferSize = self.config.session_buffer
+        set_buffer_size(transport, self.config.session_buffer)
         transport.registerProducer(self._share, True)
         # The deadline runs from TCP accept to the session's ack.
         accepted = self._pending.accepted if self._pending is not None else self.reactor.seconds()
@@ -279,7 +277,7 @@ class SessionProtocol(WebSocketServerProtocol):
         try:
             if self._authenticated:
                 self._last_message = self.reactor.seconds()
-                self._dispatch(payload)
+                self.router.dispatch(decode_base(payload))
             else:
                 self._handshake(payload)
         except DecodeError as e:
@@ -297,26 +295,17 @@ class SessionProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._ending = True
         # Autobahn leaves these armed when the peer drops the connection.
-        for timer in (
-            self._handshake_timer,
-            self._idle_timer,
-            self.closeHandshakeTimeoutCall,
-            self.openHandshakeTimeoutCall,
-            self.autoPingPendingCall,
-            self.autoPingTimeoutCall,
-        ):
+        for timer in (self._handshake_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._handshake_timer = self._idle_timer = self.closeHandshakeTimeoutCall = None
-        self.openHandshakeTimeoutCall = self.autoPingPendingCall = self.autoPingTimeoutCall = None
+        self._handshake_timer = self._idle_timer = None
+        cancel_autobahn_timers(self)
         if self._admission_key is not None:
             self.factory.admission.release(self._admission_key)
         if self in self.factory.sessions:
             self.factory.sessions.discard(self)
             ender = "the daemon" if self.closedByMe else "the client"
-            for service in self.services.values():
-                service.stop(by=ender)
-            self.services.clear()
+            self.router.stop(by=ender)
             if self._authenticated:
                 log.info(
                     "session of {identity} from {peer} ended ({how})",
@@ -336,10 +325,11 @@ class SessionProtocol(WebSocketServerProtocol):
         # Autobahn's futures hold this protocol as their result, and it holds
         # them: a cycle that would keep the session (and the buffers of its
         # transport) until the garbage collector runs.
-        self.is_open = self.is_closed = None
+        drop_autobahn_futures(self)
         # So are the bound methods that the shared WebSocket's turns and the
         # client log call back.
         self._share.stopProducing()
+        self.router.detach()
         self.log = ClientLog(log, _no_budget)
         self.factory.trimmer.session_ended(len(self.factory.sessions))
 
@@ -392,13 +382,7 @@ class SessionProtocol(WebSocketServerProtocol):
         """
         if self._ending or self.state != self.STATE_OPEN:
             return
-        length = len(head) + len(body)
-        if length < 126:
-            frame = _FRAME_7.pack(0x82, length)
-        elif length < 65536:
-            frame = _FRAME_16.pack(0x82, 126, length)
-        else:
-            frame = _FRAME_64.pack(0x82, 127, length)
+        frame = binary_frame_head(len(head) + len(body))
         transport: Any = self.transport
         if body:
             transport.writeSequence((frame + head, body))
@@ -453,30 +437,24 @@ class SessionProtocol(WebSocketServerProtocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
-        value = decode_handshake(payload)
-        failures = self.factory.failures
-        if not failures.allows(self._address):
-            # No token is checked from an address out of budget: guessing is slowed down.
-            self._refuse(POLICY_VIOLATION, "too many failed handshakes, try again later")
+        factory = self.factory
+        granted = authenticate(
+            payload,
+            config=self.config,
+            failures=factory.failures,
+            address=self._address,
+            origin=self._origin,
+            origin_allowed=self._origin_allowed,
+            sessions_full=self.factory.authenticated_sessions()
+            >= self.factory.budgets.max_sessions,
+        )
+        if isinstance(granted, Refusal):
+            self._refuse(granted.code, granted.reason)
             return
-        token = self.config.tokens.authenticate(value, self._origin)
-        if token is None:
-            failures.spend(self._address)
-            self.config.metrics.handshake_failed("invalid-token")
-            self._refuse(POLICY_VIOLATION, "invalid token")
-            return
-        if not token.origins and not self._origin_allowed:
-            # Let in for a token pinned to this origin, but this token is not.
-            failures.spend(self._address)
-            self._refuse(POLICY_VIOLATION, "origin mismatch for this token")
-            return
-        if self.factory.authenticated_sessions() >= self.factory.budgets.max_sessions:
-            self.config.metrics.session_refused("capacity")
-            self._refuse(TRY_AGAIN_LATER, "too many sessions")
-            return
+        token = granted
         self._authenticated = True
         self.identity = token.identity
-        self._permissions = frozenset(token.permissions)
+        self.router.permissions = frozenset(token.permissions)
         self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
         self.maxFramePayloadSize = self.factory.maxFramePayloadSize
         self.factory.admission.release(self._admission_key)
@@ -504,83 +482,6 @@ class SessionProtocol(WebSocketServerProtocol):
             return
         self._idle_timer = None
         self._fail(GOING_AWAY, "idle timeout")
-
-    def _dispatch(self, payload: bytes) -> None:
-        message = decode_base(payload)
-        if message.kind is not Kind.REQUEST:
-            raise DecodeError(f"clients send requests only, not {message.kind.name.lower()}")
-        assert message.request is not None
-        if message.service == CORE_SERVICE:
-            content, then = self._core(decode_core_request(message.content))
-            self.send_response(CORE_SERVICE, message.object, message.request, content)
-            if then is not None:
-                then()
-            return
-        request = decode_socket_request(message.content)
-        service = self.services.get(message.service)
-        if service is None:
-            reason = f"unknown service {message.service}"
-            content = encode_reply(REPLIES[request.method][1], reason)
-            self.send_response(message.service, message.object, message.request, content)
-            return
-        service.handle(message.object, message.request, request)
-
-    def _core(self, request: CoreRequest) -> tuple[bytes, Callable[[], None] | None]:
-        """The response to a core request, and what to do once it is sent."""
-        if isinstance(request, GetService):
-            return self._get_service(request), None
-        if isinstance(request, HasService):
-            return encode_core_bool_response(Core.HAS_SERVICE, request.name == SERVICE_NAME), None
-        service = self.services.get(request.service)
-        then: Callable[[], None] | None = None
-        if service is None:
-            found = False
-        elif request.op is Core.RELEASE_OBJECT:
-            # Object 0 is the service itself: api-daemon's runtime releases it when the
-            # page's service object is garbage collected, while its sockets stay in use.
-            # Like api-daemon, answer false and keep the service and its sockets
-            # (see TcpSocketManagerService.reclaimable).
-            if request.object == 0:
-                service.released = True
-                found = False
-            else:
-                found = service.release(request.object)
-        else:
-            assert request.event is not None
-            # Events that were held wait until the client has the response.
-            then = service.event_switch(
-                request.object, request.event, request.op is Core.ENABLE_EVENT
-            )
-            found = then is not None
-        return encode_core_bool_response(request.op, found), then
-
-    def _reclaim_a_service(self) -> None:
-        """Make room by forgetting the oldest released service that has nothing left."""
-        for service_id, service in self.services.items():
-            if service.reclaimable:
-                del self.services[service_id]
-                service.stop()
-                return
-
-    def _get_service(self, request: GetService) -> bytes:
-        if request.name != SERVICE_NAME:
-            return encode_get_service_response(GetServiceResult.UNKNOWN_SERVICE)
-        if request.fingerprint != TCPSOCKET_FINGERPRINT:
-            return encode_get_service_response(GetServiceResult.FINGERPRINT_MISMATCH)
-        if PERMISSION not in self._permissions:
-            return encode_get_service_response(GetServiceResult.MISSING_PERMISSION)
-        if len(self.services) >= self.config.max_services_per_session:
-            self._reclaim_a_service()
-        if len(self.services) >= self.config.max_services_per_session:
-            limit = self.config.max_services_per_session
-            return encode_get_service_response(
-                GetServiceResult.INTERNAL_ERROR,
-                f"too many services in this session (limit {limit})",
-            )
-        service_id = self._next_service_id
-        self._next_service_id += 1
-        self.services[service_id] = TcpSocketManagerService(self, service_id)
-        return encode_get_service_response(GetServiceResult.SUCCESS, service_id)
 
 
 class SessionFactory(WebSocketServerFactory):

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from tcpsocket._private import raise_listen_errors
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.httplimits import LimitedHTTPChannel, MisdirectedResource
 from tcpsocket.logtext import printable
@@ -175,7 +176,7 @@ class TcpSocketService(MultiService):
         endpoint = _Announcing(serverFromString(reactor, description), self.site)
         service = StreamServerEndpointService(endpoint, factory)
         # As strports.service does: a port that cannot listen fails startService.
-        service._raiseSynchronously = True
+        raise_listen_errors(service)
         service.setServiceParent(self)
 
     def reconfigure(self, fresh: ServerConfig) -> None:

@@ -7,6 +7,7 @@ import re
 import sys
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -97,6 +98,13 @@ class Options(usage.Options):
     ]
 
     optParameters = [
+        [
+            "tls-ca-file",
+            None,
+            None,
+            "PEM file of certificate authorities that secure sockets (SecureTcpSocketManager) "
+            "trust besides the system's trust store; certificates are always verified.",
+        ],
         [
             "config",
             None,
@@ -328,6 +336,7 @@ class Options(usage.Options):
         self["allow"] = []
         self["origin"] = []
         self["server-name"] = []
+        self["tls-no-verify"] = []
         name_coercions(self)
 
     def opt_version(self) -> None:
@@ -373,6 +382,12 @@ class Options(usage.Options):
         """A host name the daemon is reached by, besides localhost and its addresses
         (repeatable; '*': any). Other Host headers get 421 (DNS rebinding)."""
         self["server-name"].append(name)
+
+    def opt_tls_no_verify(self, name: str) -> None:
+        """A TLS server name whose certificate secure sockets accept unverified, e.g. a
+        device with a self-signed certificate (repeatable; the operator's exception, which
+        no client can make). Prefer --tls-ca-file."""
+        self["tls-no-verify"].append(name)
 
     def opt_allow(self, rule: str) -> None:
         self._rule(rule, allow=True)
@@ -444,6 +459,9 @@ class Options(usage.Options):
             }
             config_values["allowed_origins"] = frozenset(self["origin"])
             config_values["server_names"] = frozenset(self["server-name"])
+            config_values["tls_no_verify"] = frozenset(self["tls-no-verify"])
+            if self["tls-ca-file"]:
+                config_values["tls_ca_file"] = _readable_ca_file(self["tls-ca-file"])
             config_values["policy"] = DestinationPolicy(
                 self["allow"], {k: v for k, v in per_identity.items() if v}
             )
@@ -611,3 +629,14 @@ def makeService(options: Options) -> IService:
     service.foreground = twistd is None or bool(twistd.get("nodaemon"))
     HangupReload(partial(reparse, options), service.reconfigure).setServiceParent(service)
     return service
+
+
+def _readable_ca_file(path: str) -> str:
+    """``path`` if it holds at least one PEM certificate, or a usage error saying why not."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as e:
+        raise usage.UsageError(f"--tls-ca-file {path}: {e.strerror or e}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in text:
+        raise usage.UsageError(f"--tls-ca-file {path}: no PEM certificate in it")
+    return path

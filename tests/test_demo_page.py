@@ -210,3 +210,43 @@ class ReadmePageTests(BrowserTestCase):
         text = "\n".join(logs)
         self.assertIn("* OK IMAP4rev1 ready", text)
         self.assertIn("a1 OK CAPABILITY completed", text)
+
+
+class DemoTLSTests(BrowserTestCase):
+    """The TLS checkbox: the daemon opens the socket with TLS and verifies the certificate."""
+
+    async def start_daemon(self, **overrides: Any) -> tuple[Any, int]:
+        from tcpsocket.policy import DestinationPolicy
+        from tests.test_secure_sockets import CA
+        from tests.tls_support import TLS_NAMES, TLS_RULES
+
+        return await super().start_daemon(
+            tls_ca_file=CA.write(self),
+            resolver=TLS_NAMES,
+            policy=DestinationPolicy(TLS_RULES),
+            **overrides,
+        )
+
+    async def test_tls_checkbox(self) -> None:
+        from tests.test_secure_sockets import CA
+        from tests.tls_support import listen_tls
+
+        port = await listen_tls(self, CA.issue("imap.test").server_options(), LineEcho)
+        page = await self.new_page(f"{self.daemon}/")
+
+        def drive() -> None:
+            page.fill("#host", "imap.test")
+            page.fill("#port", str(port))
+            page.check("#tls")
+            page.fill("#token", TOKEN)
+            page.click("#connect")
+            page.wait_for_function(STATE, arg="connected")
+            page.fill("#line", "over tls")
+            page.press("#line", "Enter")
+            page.wait_for_function(OUTPUT_HAS, arg="OVER TLS\r\n")
+
+        await HOST.run(drive)
+        status = await self.js(page, "() => document.querySelector('#status').textContent")
+        self.assertEqual(status, f"connected to imap.test:{port} (TLS)")
+        output = await self.js(page, "() => document.querySelector('#output').textContent")
+        self.assertIn("certificate CN=imap.test", output)

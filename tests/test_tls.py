@@ -12,6 +12,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import TestCase
 
 from tcpsocket.client import DATA_EVENT, Session, TcpSocketManager
@@ -55,7 +56,8 @@ class TLSTests(TestCase):
         pem.write_bytes(key_pem + cert_pem)
         # The same strports description an operator passes to --listen.
         server = serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}")
-        port = await server.listen(build_site(test_config()))
+        site = build_site(test_config(session_buffer=123 * 1024))
+        port = await server.listen(site)
         self.addCleanup(port.stopListening)
         number = port.getHost().port
         _, remote_port = await listen_remote(self, Echo)
@@ -73,3 +75,9 @@ class TLSTests(TestCase):
         await socket.add_event_listener(DATA_EVENT, received.callback)
         self.assertTrue(await socket.send(b"over TLS"))
         self.assertEqual(await received, b"over TLS")
+        # The session's --session-buffer reaches the TCP transport under the TLS layer,
+        # where Twisted pauses the session's producer.
+        (daemon_session,) = site.session_factory.sessions
+        tls_transport = daemon_session.transport
+        self.assertIsInstance(tls_transport, TLSMemoryBIOProtocol)
+        self.assertEqual(tls_transport.transport.bufferSize, 123 * 1024)

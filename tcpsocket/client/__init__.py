@@ -4,6 +4,8 @@
 * :class:`TcpSocketManager` (``get(session)``, ``open(...)``) and
   :class:`TcpSocket` (``send``, ``close``, ``suspend``, ``resume``,
   ``release``, events): the TcpSocketManager service, like the JS client;
+* :class:`SecureTcpSocketManager` and :class:`SecureTcpSocket`
+  (``upgrade_to_secure``): the same with TLS, run by the daemon;
 * :class:`TcpSocketClientEndpoint`: an ``IStreamClientEndpoint`` for any
   Twisted protocol.
 
@@ -24,6 +26,7 @@ from tcpsocket.client.errors import (
 )
 from tcpsocket.client.events import CLOSE_EVENT, DATA_EVENT, DRAIN_EVENT, ERROR_EVENT
 from tcpsocket.client.manager import TcpSocketManager
+from tcpsocket.client.secure import SecureTcpSocket, SecureTcpSocketManager, SocketInfo, TlsInfo
 from tcpsocket.client.session import Session
 from tcpsocket.client.socket import TcpSocket
 from tcpsocket.client.transport import TcpSocketAddress, TcpSocketTransport
@@ -36,9 +39,12 @@ __all__ = [
     "GetServiceError",
     "PermissionDenied",
     "ProtocolError",
+    "SecureTcpSocket",
+    "SecureTcpSocketManager",
     "Session",
     "SessionClosed",
     "SessionRefused",
+    "SocketInfo",
     "TcpSocket",
     "TcpSocketAddress",
     "TcpSocketClientEndpoint",
@@ -46,4 +52,5 @@ __all__ = [
     "TcpSocketError",
     "TcpSocketManager",
     "TcpSocketTransport",
+    "TlsInfo",
 ]

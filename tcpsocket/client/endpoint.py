@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -19,7 +19,9 @@ from zope.interface import implementer
 
 from tcpsocket.client.errors import TcpSocketError
 from tcpsocket.client.manager import TcpSocketManager
+from tcpsocket.client.secure import SecureTcpSocketManager
 from tcpsocket.client.session import Session
+from tcpsocket.client.socket import TcpSocket
 from tcpsocket.client.transport import TcpSocketAddress, TcpSocketTransport
 
 __all__ = ["TcpSocketClientEndpoint", "connect_error"]
@@ -51,8 +53,22 @@ class TcpSocketClientEndpoint:
     """
 
     def __init__(
-        self, manager_or_session: TcpSocketManager | Session, host: str, port: int
+        self,
+        manager_or_session: TcpSocketManager | Session,
+        host: str,
+        port: int,
+        *,
+        tls: bool | None = None,
+        server_name: str = "",
+        alpn: Sequence[str] = (),
     ) -> None:
+        """``tls``: None, a plain TcpSocketManager socket; False, a plain socket of
+        SecureTcpSocketManager, whose transport can ``startTLS``; True, TLS from the first
+        byte.  ``server_name`` (default ``host``) and ``alpn`` are for TLS; the daemon
+        always verifies the certificate."""
+        self._tls = tls
+        self._server_name = server_name
+        self._alpn = tuple(alpn)
         if isinstance(manager_or_session, TcpSocketManager):
             self._manager: TcpSocketManager | None = manager_or_session
             self._session = manager_or_session.session
@@ -71,9 +87,20 @@ class TcpSocketClientEndpoint:
 
     async def _connect(self, factory: IProtocolFactory) -> IProtocol:
         if self._manager is None:
-            self._manager = await TcpSocketManager.get(self._session)
+            kind = TcpSocketManager if self._tls is None else SecureTcpSocketManager
+            self._manager = await kind.get(self._session)
+        socket: TcpSocket
         try:
-            socket = await self._manager.open(host=self._host, port=self._port)
+            if isinstance(self._manager, SecureTcpSocketManager):
+                socket = await self._manager.open(
+                    host=self._host,
+                    port=self._port,
+                    use_secure_transport=bool(self._tls),
+                    server_name=self._server_name,
+                    alpn=self._alpn,
+                )
+            else:
+                socket = await self._manager.open(host=self._host, port=self._port)
         except TcpSocketError as e:
             raise connect_error(e.reason) from e
         factory.doStart()
@@ -83,7 +110,9 @@ class TcpSocketClientEndpoint:
             factory.doStop()
             socket.release().addErrback(lambda _: None)
             raise NoProtocol()
-        transport = TcpSocketTransport(socket, protocol, self._session.reactor)
+        transport = TcpSocketTransport(
+            socket, protocol, self._session.reactor, self._server_name or self._host
+        )
         transport.notify_lost(factory.doStop)
         transport.start()
         return protocol

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -56,8 +56,8 @@ class TcpSocketManager(EventConstants):
     ``listener(socket, value)``.
     """
 
-    SERVICE_NAME: Final = SERVICE_NAME
-    FINGERPRINT: Final = TCPSOCKET_FINGERPRINT
+    SERVICE_NAME: str = SERVICE_NAME
+    FINGERPRINT: str = TCPSOCKET_FINGERPRINT
 
     def __init__(self, session: Session, service_id: int) -> None:
         self.session = session
@@ -70,9 +70,9 @@ class TcpSocketManager(EventConstants):
         return f"<TcpSocketManager {self.service_id} of {self.session.url}>"
 
     @classmethod
-    def get(cls, session: Session) -> Deferred[TcpSocketManager]:
+    def get(cls, session: Session) -> Deferred[Any]:
         """GetService: a new instance; fails with :class:`GetServiceError`."""
-        got = session.get_service(SERVICE_NAME, TCPSOCKET_FINGERPRINT)
+        got = session.get_service(cls.SERVICE_NAME, cls.FINGERPRINT)
         return got.addCallback(lambda service_id: cls(session, service_id))
 
     @property
@@ -94,9 +94,14 @@ class TcpSocketManager(EventConstants):
         releases the socket if it opens after all.
         """
         host, port = _address(address, host, port)
+        return self._open(host, port, encode_open(host, port), _decode_open)
+
+    def _open(
+        self, host: str, port: int, content: bytes, decode: Callable[[Buffer], Any]
+    ) -> Deferred[Any]:
+        """Send an open request; ``decode`` gives the object id or the service's open answer."""
         if self._released:
             return defer.fail(TcpSocketError("service released"))
-        content = encode_open(host, port)
         cancelled = False
 
         def cancel(_: Deferred[TcpSocket]) -> None:
@@ -105,11 +110,12 @@ class TcpSocketManager(EventConstants):
 
         result: Deferred[TcpSocket] = Deferred(cancel)
 
-        def opened(object_id: int) -> None:
+        def opened(answer: Any) -> None:
+            object_id = answer if isinstance(answer, int) else answer.socket_id
             if cancelled:
                 self.session.release_object(self.service_id, object_id).addErrback(_ignore)
                 return
-            socket = TcpSocket(self, object_id, host, port)
+            socket = self._make_socket(object_id, host, port, answer)
             self._sockets[object_id] = socket
             self.session.register(self.service_id, object_id, socket)
             for event in Event:
@@ -121,8 +127,11 @@ class TcpSocketManager(EventConstants):
             if not cancelled:
                 result.errback(reason)
 
-        self.session.call(self.service_id, 0, content, _decode_open).addCallbacks(opened, failed)
+        self.session.call(self.service_id, 0, content, decode).addCallbacks(opened, failed)
         return result
+
+    def _make_socket(self, object_id: int, host: str, port: int, answer: Any) -> TcpSocket:
+        return TcpSocket(self, object_id, host, port)
 
     def release(self) -> Deferred[bool]:
         """Release this instance: each of its sockets is released (the daemon closes it).

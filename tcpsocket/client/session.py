@@ -21,7 +21,7 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 
-from tcpsocket._timers import use_reactor_timers
+from tcpsocket._private import use_reactor_timers
 from tcpsocket.bincode import Buffer, DecodeError, Reader
 from tcpsocket.client.errors import (
     GetServiceError,

@@ -19,10 +19,12 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
     IPushProducer,
+    ISSLTransport,
+    ITLSTransport,
     ITransport,
 )
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from tcpsocket.client.errors import SessionClosed, TcpSocketError
 from tcpsocket.client.events import CLOSE_EVENT, DATA_EVENT, DRAIN_EVENT, ERROR_EVENT
@@ -56,8 +58,12 @@ class TcpSocketAddress:
 class TcpSocketTransport:
     """The transport of ``protocol``, writing to and reading from ``socket``."""
 
-    def __init__(self, socket: TcpSocket, protocol: IProtocol, clock: Any) -> None:
+    def __init__(
+        self, socket: TcpSocket, protocol: IProtocol, clock: Any, server_name: str = ""
+    ) -> None:
         self.socket = socket
+        #: The name ``startTLS`` verifies (default: the host that was opened).
+        self.server_name = server_name
         self.protocol = protocol
         self.connected = True
         self.disconnecting = False
@@ -78,6 +84,11 @@ class TcpSocketTransport:
         self._producer_paused = False
         self._close_after_producer = False
         self._close_sent = False
+        if hasattr(socket, "upgrade_to_secure"):
+            # A SecureTcpSocketManager socket: STARTTLS works (ITLSTransport).
+            alsoProvides(self, ITLSTransport)
+            if getattr(socket, "tls", None) is not None and socket.tls.secure:  # type: ignore[attr-defined]
+                alsoProvides(self, ISSLTransport)
         self._pull_call: IDelayedCall | None = None
         self._handlers: tuple[tuple[int, Callable[[Any], None]], ...] = (
             (DATA_EVENT, self._on_data),
@@ -112,6 +123,21 @@ class TcpSocketTransport:
     def writeSequence(self, data: Iterable[bytes]) -> None:
         """Send each of ``data``, in order."""
         self.write(b"".join(data))
+
+    def startTLS(self, contextFactory: Any = None, normal: bool = True) -> None:
+        """``ITLSTransport.startTLS``: the daemon upgrades the connection (STARTTLS).
+
+        What was written before goes in the clear, what follows encrypted: the
+        upgrade request travels in order between the writes.  The daemon does
+        TLS, verifying the certificate with its own trust store for
+        :attr:`server_name`; ``contextFactory``'s settings are not used.  If the
+        handshake fails, the daemon closes the connection with the reason.
+        """
+        upgrade = getattr(self.socket, "upgrade_to_secure", None)
+        if upgrade is None:
+            raise TypeError("this socket was not opened through SecureTcpSocketManager")
+        alsoProvides(self, ISSLTransport)
+        upgrade(self.server_name).addErrback(_ignore)
 
     def loseConnection(self) -> None:
         """Close after what was written (and after a registered producer unregisters)."""

@@ -10,7 +10,7 @@
   const TOKEN_KEY = "tcpsocket-demo-token";
   const $ = (id) => document.getElementById(id);
   const ui = {
-    host: $("host"), port: $("port"), token: $("token"), remember: $("remember"),
+    host: $("host"), port: $("port"), tls: $("tls"), token: $("token"), remember: $("remember"),
     connect: $("connect"), reconnect: $("reconnect"), close: $("close"), status: $("status"),
     hex: $("hex"), clear: $("clear"), kept: $("kept"), output: $("output"),
     line: $("line"), eol: $("eol"), send: $("send"),
@@ -162,18 +162,19 @@
     append(ui.hex.checked ? hexDump(bytes) : decoder.decode(bytes, { stream: true }));
   }
 
-  async function open(host, port) {
+  async function open(host, port, tls) {
     if (socket !== null) disconnect();
     if (ui.remember.checked) sessionStorage.setItem(TOKEN_KEY, ui.token.value);
     else sessionStorage.removeItem(TOKEN_KEY);
-    last = { host, port };
+    last = { host, port, tls };
     lastError = null;
     ui.connect.disabled = true;
     ui.reconnect.disabled = true;
     setStatus(`connecting to ${host}:${port}…`, "busy");
     try {
       const m = await getManager(ui.token.value);
-      const opened = await m.open({ host, port });
+      // With TLS the daemon runs it (SecureTcpSocketManager): the page sees plaintext.
+      const opened = await m.open(tls ? { host, port, useSecureTransport: true } : { host, port });
       socket = opened;
       decoder = new TextDecoder();
       opened.addEventListener(opened.DATA_EVENT, onData);
@@ -189,8 +190,9 @@
         setStatus(why, lastError ? "error" : "closed");
         setConnected(false);
       });
-      meta(`connected to ${host}:${port}`);
-      setStatus(`connected to ${host}:${port}`, "connected");
+      const how = tls && opened.tls ? ` over ${opened.tls.version}, certificate ${opened.tls.peerSubject}` : "";
+      meta(`connected to ${host}:${port}${how}`);
+      setStatus(`connected to ${host}:${port}${tls ? " (TLS)" : ""}`, "connected");
       setConnected(true);
       ui.line.focus();
     } catch (error) {
@@ -230,9 +232,9 @@
 
   $("connect-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    open(ui.host.value.trim(), Number(ui.port.value));
+    open(ui.host.value.trim(), Number(ui.port.value), ui.tls.checked);
   });
-  ui.reconnect.addEventListener("click", () => last && open(last.host, last.port));
+  ui.reconnect.addEventListener("click", () => last && open(last.host, last.port, last.tls));
   $("send-form").addEventListener("submit", sendLine);
   ui.close.addEventListener("click", disconnect);
   ui.clear.addEventListener("click", clear);

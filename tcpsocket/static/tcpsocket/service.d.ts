@@ -134,6 +134,17 @@ export interface TcpSocket extends SessionObjectBase, EventConstants {
   resume(): Promise<{}>;
   /** Graceful close; CLOSE follows. */
   close(): Promise<{}>;
+  /** STARTTLS (sockets opened with TLS options only, e.g. `useSecureTransport: false`):
+   * what was sent before goes in the clear, what follows encrypted. Rejects with CallFailure
+   * (method_name "UpgradeToSecure") and the reason: unknown authority, name mismatch... */
+  upgradeToSecure(options?: UpgradeOptions): Promise<TlsInfo>;
+  /** Set on sockets opened with TLS options (SecureTcpSocketManager); undefined otherwise. */
+  readonly remoteAddress?: string;
+  readonly remotePort?: number;
+  readonly localAddress?: string;
+  readonly localPort?: number;
+  /** What TLS negotiated (updated by upgradeToSecure); undefined on a TcpSocketManager socket. */
+  readonly tls?: TlsInfo;
   addEventListener(event: 0, listener: Listener<{}>): void;
   addEventListener(event: 1, listener: Listener<Uint8Array>): void;
   addEventListener(event: 2, listener: Listener<boolean>): void;
@@ -147,10 +158,40 @@ export interface SocketAddress {
   port: number | string;
 }
 
+/** TLS to the remote, run by the daemon, which always verifies the certificate. Any of these
+ * options makes open() use the SecureTcpSocketManager service (protocol section E). */
+export interface SecureSocketOptions {
+  /** TLS from the first byte (IMAPS, SMTPS); false: plain, upgradable with upgradeToSecure(). */
+  useSecureTransport?: boolean;
+  /** Name sent with SNI and verified in the certificate (default: the host). */
+  serverName?: string;
+  /** ALPN protocols offered, e.g. ["imap"]. */
+  alpnProtocols?: string[];
+  /** TCP_NODELAY (default true). */
+  noDelay?: boolean;
+  /** SO_KEEPALIVE (default false). */
+  keepAlive?: boolean;
+}
+
+export interface UpgradeOptions {
+  serverName?: string;
+  alpnProtocols?: string[];
+}
+
+export interface TlsInfo {
+  secure: boolean;
+  /** e.g. "TLSv1.3"; "" on a plain socket. */
+  version: string;
+  /** The ALPN protocol chosen, "" if none. */
+  alpn: string;
+  /** The peer certificate's subject (RFC 4514), e.g. "CN=imap.example.org". */
+  peerSubject: string;
+}
+
 /** A TcpSocketManager instance (object 0 of its service). */
 export interface TcpSocketFactory extends SessionObjectBase, EventConstants {
   /** Resolves once connected; rejects with CallFailure (method_name "Open"). */
-  open(addr: SocketAddress): Promise<TcpSocket>;
+  open(addr: SocketAddress & SecureSocketOptions): Promise<TcpSocket>;
   /** Ours: a listener for that event of every socket of this manager, `this` = the socket. */
   addEventListener(event: 0, listener: Listener<{}>): void;
   addEventListener(event: 1, listener: Listener<Uint8Array>): void;

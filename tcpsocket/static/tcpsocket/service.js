@@ -15,6 +15,11 @@ import { Encoder, Decoder, wrapBlob, Fields, Reader, toUint8Array } from '../sha
 
 export const SERVICE_NAME = "TcpSocketManager";
 export const FINGERPRINT = "80b7d391444db6fd2eca3b489c6c4aac8144ad3de7852f5b476abb17bf";
+/* SecureTcpSocketManager (protocol section E): used by open() when the options need TLS. */
+export const SECURE_SERVICE_NAME = "SecureTcpSocketManager";
+export const SECURE_FINGERPRINT = "4b7d3af4849d73f6205c77a14ac06f95143dea56f81beca2116ed43877bd6c";
+/* The open() options that only the secure service understands. */
+const SECURE_OPTIONS = ["useSecureTransport", "serverName", "alpnProtocols", "noDelay", "keepAlive"];
 
 export const CLOSE_EVENT = 0;
 export const DATA_EVENT = 1;
@@ -28,6 +33,7 @@ const REQ_RESUME = 1;
 const REQ_SEND = 2;
 const REQ_SUSPEND = 3;
 const REQ_OPEN = 4;
+const REQ_UPGRADE = 5;
 
 /* Response and event tags (daemon -> client). */
 const RES_CLOSE = 0;
@@ -39,6 +45,7 @@ const EV_DATA = 9;
 const EV_DRAIN = 10;
 const EV_ERROR = 11;
 const RES_OPEN = 12;
+const RES_UPGRADE = 14;
 
 /** The daemon's optional reason after an error variant (protocol C.1), or a default. */
 function reasonAfter(r, fallback) {
@@ -99,8 +106,27 @@ const SOCKET_CODEC = {
   SendResponse: response(RES_SEND, (r) => r.bool(), "send"),
   SuspendRequest: plain(REQ_SUSPEND),
   SuspendResponse: response(RES_SUSPEND, empty, "suspend"),
+  UpgradeToSecureRequest: {
+    encode: (p) => alpnFields(new Fields().u(REQ_UPGRADE).str(p.serverName || ""), p.alpnProtocols),
+  },
+  UpgradeToSecureResponse: response(RES_UPGRADE, readTlsInfo, "upgradeToSecure"),
   Event: SOCKET_EVENT,
 };
+
+/** TlsInfo {secure, version, alpn, peerSubject} (all empty on a plain socket). */
+function readTlsInfo(r) {
+  return { secure: r.bool(), version: r.str(), alpn: r.str(), peerSubject: r.str() };
+}
+
+function alpnFields(fields, alpn) {
+  const names = alpn === undefined || alpn === null ? [] : Array.from(alpn);
+  fields.u(names.length);
+  for (const name of names) {
+    if (typeof name !== "string") throw new Error(`Expected string, but got ${typeof name}`);
+    fields.str(name);
+  }
+  return fields;
+}
 
 /** The port as api-daemon's runtime coerces it: numbers truncate, "7878" is 7878, the rest 0. */
 function coercePort(port) {
@@ -153,6 +179,24 @@ class TcpSocket extends SessionObject {
     return this.call_method("Resume", {});
   }
 
+  /**
+   * STARTTLS -> Promise<{secure, version, alpn, peerSubject}>: what was sent before goes in
+   * the clear, what follows encrypted. Only for sockets opened with TLS options (at least
+   * `useSecureTransport: false`), which use the SecureTcpSocketManager service.
+   */
+  upgradeToSecure(options) {
+    if (!this.secureService) {
+      return Promise.reject({ method_name: "UpgradeToSecure", reason: "call_failure", value: {},
+        message: "open the socket with {useSecureTransport: false} to upgrade it later" });
+    }
+    const opts = options || {};
+    return this.call_method("UpgradeToSecure", { serverName: opts.serverName, alpnProtocols: opts.alpnProtocols })
+      .then((tls) => {
+        this.tls = tls;
+        return tls;
+      });
+  }
+
   /** Graceful close: buffered data is written, then FIN; CLOSE follows. */
   close() {
     return this.call_method("Close", {});
@@ -192,6 +236,32 @@ class TcpSocket extends SessionObject {
     this.session.untrack_events(this.service_id, this.id);
     this.session.objectRegistry.unregister(this);
   }
+}
+
+/** Codec of a SecureTcpSocketManager instance: Open resolves with a TcpSocket that knows its
+ * addresses and TLS. */
+function secureFactoryCodec(manager) {
+  return {
+    OpenRequest: {
+      encode: (addr) => {
+        const host = addr.host;
+        if (typeof host !== "string") throw new Error(`Expected string, but got ${typeof host}`);
+        const fields = new Fields().u(REQ_OPEN).str(host).i(coercePort(addr.port))
+          .bool(addr.useSecureTransport === true).str(addr.serverName || "");
+        return alpnFields(fields, addr.alpnProtocols).bool(addr.noDelay !== false).bool(addr.keepAlive === true);
+      },
+    },
+    OpenResponse: response(RES_OPEN, (r, service, session) => {
+      const socket = new TcpSocket(r.u32(), session, service, manager);
+      socket.secureService = true;
+      socket.remoteAddress = r.str();
+      socket.remotePort = Number(r.i64());
+      socket.localAddress = r.str();
+      socket.localPort = Number(r.i64());
+      socket.tls = readTlsInfo(r);
+      return manager._adopt(socket);
+    }, "open"),
+  };
 }
 
 /** Codec of a service instance: Open resolves with a new TcpSocket of `manager`. */
@@ -236,7 +306,27 @@ class TcpSocketFactory extends SessionObject {
    */
   open(addr) {
     if (addr === undefined || addr === null) throw new TypeError("open() needs a {host, port} address");
+    if (SECURE_OPTIONS.some((name) => addr[name] !== undefined)) {
+      return this._secure().then((secure) => secure.call_method("Open", addr));
+    }
     return this.call_method("Open", addr);
+  }
+
+  /** The session's SecureTcpSocketManager instance for this manager, got once. */
+  _secure() {
+    if (this._secure_factory === undefined) {
+      const session = this.session;
+      this._secure_factory = Services.get(SECURE_SERVICE_NAME, SECURE_FINGERPRINT, session).then((id) => {
+        session.registerService(id, SECURE_SERVICE_NAME);
+        const secure = new SessionObject(0, session, id, null);
+        secure.wrapper_payload_message = secureFactoryCodec(this);
+        return secure;
+      }, (error) => {
+        this._secure_factory = undefined;
+        throw error;
+      });
+    }
+    return this._secure_factory;
   }
 
   _adopt(socket) {

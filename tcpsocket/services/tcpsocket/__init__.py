@@ -1,0 +1,52 @@
+"""TcpSocketManager, the first service plug-in: raw TCP client sockets (protocol.md A.5).
+
+Its messages are :mod:`tcpsocket.services.tcpsocket.messages`, its
+fingerprint :data:`tcpsocket.services.tcpsocket.fingerprint.TCPSOCKET_FINGERPRINT`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from zope.interface import implementer
+
+from tcpsocket.services import IServiceFactory
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import (
+    PERMISSION,
+    REPLIES,
+    SERVICE_NAME,
+    decode_socket_request,
+    encode_reply,
+)
+from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
+
+__all__ = ["TCP_SOCKET_MANAGER", "TcpSocketManager", "TcpSocketManagerService"]
+
+
+@implementer(IServiceFactory)
+class TcpSocketManager:
+    """Makes a :class:`TcpSocketManagerService` per GetService."""
+
+    name = SERVICE_NAME
+    fingerprint = TCPSOCKET_FINGERPRINT
+    permission = PERMISSION
+
+    def create(self, session: Any, service_id: int) -> TcpSocketManagerService:
+        return TcpSocketManagerService(session, service_id)
+
+    def reject(
+        self,
+        session: Any,
+        service_id: int,
+        object_id: int,
+        request_id: int,
+        content: memoryview,
+        reason: str,
+    ) -> None:
+        request = decode_socket_request(content)
+        answer = encode_reply(REPLIES[request.method][1], reason)
+        session.send_response(service_id, object_id, request_id, answer)
+
+
+TCP_SOCKET_MANAGER: Final = TcpSocketManager()
