@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 
+from tcpsocket import fastpath
 from tcpsocket._timers import use_reactor_timers
 from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBucket, client_address
 from tcpsocket.bincode import DecodeError
@@ -250,8 +251,14 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
-        # debug logging is off.
-        self._dataReceived(data)
+        # debug logging is off.  The replies to one read leave in one write.
+        with fastpath.batch():
+            self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own frames (pong, close) go behind the replies gathered so far.
+        fastpath.flush(self.transport)
+        super().sendData(data, sync, chopsize)
 
     def onOpen(self) -> None:
         transport: Any = self.transport
@@ -399,11 +406,7 @@ class SessionProtocol(WebSocketServerProtocol):
             frame = _FRAME_16.pack(0x82, 126, length)
         else:
             frame = _FRAME_64.pack(0x82, 127, length)
-        transport: Any = self.transport
-        if body:
-            transport.writeSequence((frame + head, body))
-        else:
-            transport.write(frame + head)
+        fastpath.write(self.transport, (frame + head, body) if body else (frame + head,))
 
     def _fail(self, code: int, reason: str) -> None:
         budget = self._log_budget()
