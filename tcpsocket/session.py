@@ -255,6 +255,16 @@ class SessionProtocol(WebSocketServerProtocol):
         with fastpath.batch():
             self._dataReceived(data)
 
+    def onFrameData(self, payload: bytes) -> bool | None:
+        # The factory sets applyMask=False: Autobahn hands over client frames
+        # still masked, and they are unmasked here, without a masker per frame.
+        mask: Any = self.current_frame.mask
+        if mask and payload:
+            offset = self.current_frame_masker.pointer() - len(payload)
+            payload = fastpath.unmask(payload, mask, offset)
+        result: bool | None = super().onFrameData(payload)
+        return result
+
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own frames (pong, close) go behind the replies gathered so far.
         fastpath.flush(self.transport)
@@ -624,6 +634,8 @@ class SessionFactory(WebSocketServerFactory):
             autoPingInterval=config.keepalive_interval,
             autoPingTimeout=config.keepalive_timeout,
             webStatus=False,
+            # Client frames are unmasked by SessionProtocol.onFrameData (fastpath.unmask).
+            applyMask=False,
             # Protocol errors Autobahn finds itself (an oversize message: 1009,
             # a bad frame: 1002) close with that code and a reason (B.2), not
             # by dropping the TCP connection.

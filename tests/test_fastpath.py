@@ -263,6 +263,51 @@ class SessionTests(TestCase):
         self.assertLessEqual(max(sizes), 1 * MiB)
 
 
+class UnmaskTests(TestCase):
+    def test_same_as_autobahn_at_every_offset_and_size(self) -> None:
+        from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
+
+        mask = b"\x9a\x01\xff\x37"
+        for size in (0, 1, 3, 4, 5, 63, 64, 1023, 1024, 1025, 70_000):
+            frame = pattern(size + 3, seed=size)
+            whole = create_xor_masker(mask, len(frame)).process(frame)
+            for offset in range(4):
+                part = frame[offset : offset + size]
+                self.assertEqual(
+                    fastpath.unmask(part, mask, offset),
+                    whole[offset : offset + size],
+                    (size, offset),
+                )
+
+    async def test_masked_frames_split_across_reads_arrive_whole(self) -> None:
+        # Messages of many sizes, written a few bytes at a time: frames and their
+        # masks are cut at every offset, and each piece is unmasked apart.
+        factory, remote_port = await listen_remote(self, Recording)
+        _, port = await start_daemon(self)
+        client, service = await manager(self, port)
+        socket_id = await client.open_ok(service, remote_port)
+        transport: Any = client.raw.transport
+        real_write = transport.write
+
+        later = [0]
+
+        def trickle(data: bytes) -> None:
+            # A piece per reactor turn or so (each on its own timer): the daemon
+            # reads the frames in pieces cut at every offset (97 = 1 mod 4).
+            for start in range(0, len(data), 97):
+                later[0] += 1
+                reactor.callLater(later[0] * 0.002, real_write, data[start : start + 97])
+
+        transport.write = trickle
+        chunks = [pattern(size, seed=size) for size in (1, 5, 200, 1500, 3000)]
+        for chunk in chunks:
+            reply = await client.send(service, socket_id, chunk)
+            self.assertIs(reply.reply, Reply.SEND_SUCCESS)
+        del transport.write
+        await wait_until(lambda: len(factory.received) == sum(map(len, chunks)))
+        self.assertEqual(bytes(factory.received), b"".join(chunks))
+
+
 class TopPadTests(TestCase):
     def test_set_on_glibc_and_not_for_zero(self) -> None:
         self.assertFalse(set_top_pad(0))

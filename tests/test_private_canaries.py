@@ -57,3 +57,19 @@ class DataPathCanaries(SynchronousTestCase):
         self.assertIn("self.sendData(", inspect.getsource(WebSocketProtocol.sendFrame))
         for method in (WebSocketProtocol.sendCloseFrame, WebSocketProtocol.sendPong):
             self.assertIn("self.sendFrame(", inspect.getsource(method))
+
+    def test_autobahn_hands_over_masked_frames_when_apply_mask_is_off(self) -> None:
+        # SessionProtocol.onFrameData unmasks with the frame's mask and the
+        # null masker's pointer (bytes of the frame handed over so far).
+        from autobahn.websocket.xormasker import XorMaskerNull
+
+        source = inspect.getsource(WebSocketProtocol.processData)
+        self.assertIn("frame_masked and frame_payload_len > 0 and self.applyMask", source)
+        self.assertIn("self.current_frame_masker = XorMaskerNull()", source)
+        self.assertIn("payload = self.current_frame_masker.process(data)", source)
+        self.assertIn("fr = self.onFrameData(payload)", source)
+        null = XorMaskerNull()
+        null.process(b"abc")
+        null.process(b"de")
+        self.assertEqual(null.pointer(), 5)
+        self.assertIn("applyMask", WebSocketProtocol.CONFIG_ATTRS_COMMON)
