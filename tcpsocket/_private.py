@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet import main, tcp
 
-__all__ = ["buffered", "queue", "set_read_size", "write_through"]
+__all__ = ["buffered", "feed_frames", "queue", "set_read_size", "write_through"]
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
@@ -131,3 +131,73 @@ def set_read_size(transport: Any, size: int) -> bool:
         transport.__class__ = sized
     transport.readSize = size
     return True
+
+
+# Relies on Autobahn's ``WebSocketProtocol`` parser state: ``data`` (the bytes it
+# holds), ``current_frame`` (None between frames; ``length``) and
+# ``current_frame_masker.pointer()`` (payload bytes of the frame handed over).
+
+#: Payloads from this size are handed to Autobahn apart from their header.
+_LARGE_PAYLOAD = 1024
+
+
+def _header_size(head: bytes) -> int:
+    """Size of the WebSocket frame header that starts ``head`` (at least 2 bytes)."""
+    second = head[1]
+    size = 2 + (4 if second & 0x80 else 0)
+    length = second & 0x7F
+    if length == 126:
+        size += 2
+    elif length == 127:
+        size += 8
+    return size
+
+
+def _payload_size(head: bytes) -> int:
+    length = head[1] & 0x7F
+    if length == 126:
+        return int.from_bytes(head[2:4], "big")
+    if length == 127:
+        return int.from_bytes(head[2:10], "big")
+    return length
+
+
+def feed_frames(protocol: Any, data: bytes, feed: Any) -> None:
+    """Hand ``data`` to Autobahn's parser (``feed``) cut at frame boundaries.
+
+    Autobahn re-slices its whole buffer for every frame it parses
+    (``self.data = self.data[i:]``): a read holding many frames is copied over
+    and over.  Fed one frame at a time, and a large payload apart from its
+    header, its buffer is empty or one piece, and slicing it whole costs
+    nothing.  Autobahn still parses and checks every frame; this only decides
+    where to cut.  Outside an open WebSocket, ``data`` is fed whole.
+    """
+    end = len(data)
+    if protocol.state != protocol.STATE_OPEN:
+        feed(data)
+        return
+    pos = 0
+    while pos < end:
+        frame = protocol.current_frame
+        if frame is not None:
+            take = frame.length - protocol.current_frame_masker.pointer()
+        else:
+            held: bytes = protocol.data
+            head = held + data[pos : pos + 14 - len(held)] if held else data[pos : pos + 14]
+            if len(head) < 2 or len(head) < _header_size(head):
+                take = end - pos  # not a whole header yet: Autobahn keeps it
+            else:
+                size = _header_size(head)
+                payload = _payload_size(head)
+                take = size - len(held)
+                if payload < _LARGE_PAYLOAD:
+                    take += payload  # small frames go whole
+        if take <= 0 or (pos == 0 and take >= end):
+            feed(data[pos:] if pos else data)
+            return
+        feed(data[pos : pos + take])
+        pos += take
+        if protocol.state != protocol.STATE_OPEN:
+            if pos < end:
+                feed(data[pos:])
+            return

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, I
 from twisted.logger import Logger
 
 from tcpsocket import fastpath
+from tcpsocket._private import feed_frames
 from tcpsocket._timers import use_reactor_timers
 from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBucket, client_address
 from tcpsocket.bincode import DecodeError
@@ -253,7 +254,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # Autobahn's own formats a debug message for every read, even when
         # debug logging is off.  The replies to one read leave in one write.
         with fastpath.batch():
-            self._dataReceived(data)
+            feed_frames(self, data, self._dataReceived)
 
     def onFrameData(self, payload: bytes) -> bool | None:
         # The factory sets applyMask=False: Autobahn hands over client frames

@@ -20,7 +20,14 @@ from tcpsocket import fastpath
 from tcpsocket._private import buffered, set_read_size, write_through
 from tcpsocket.memory import set_top_pad
 from tcpsocket.messages import Event, Reply
-from tests.session_helpers import Recording, manager, pattern, transport_buffered
+from tests.session_helpers import (
+    Recording,
+    live_sessions,
+    manager,
+    only,
+    pattern,
+    transport_buffered,
+)
 from tests.support import Remote, listen_remote, start_daemon, wait_until
 
 KiB = 1024
@@ -306,6 +313,31 @@ class UnmaskTests(TestCase):
         del transport.write
         await wait_until(lambda: len(factory.received) == sum(map(len, chunks)))
         self.assertEqual(bytes(factory.received), b"".join(chunks))
+
+
+class FrameFeedTests(TestCase):
+    async def test_autobahn_is_fed_a_frame_at_a_time(self) -> None:
+        factory, remote_port = await listen_remote(self, Recording)
+        site, port = await start_daemon(self)
+        client, service = await manager(self, port)
+        socket_id = await client.open_ok(service, remote_port)
+        session = only(live_sessions(site))
+        pieces: list[int] = []
+        feed = session._dataReceived
+
+        def recording(data: bytes) -> None:
+            pieces.append(len(data))
+            feed(data)
+
+        session._dataReceived = recording
+        chunks = [pattern(8 * KiB, seed=n) for n in range(6)] + [b"tiny"] * 5
+        replies = await defer.gatherResults([client.send(service, socket_id, c) for c in chunks])
+        self.assertTrue(all(reply.reply is Reply.SEND_SUCCESS for reply in replies))
+        await wait_until(lambda: len(factory.received) == sum(map(len, chunks)))
+        self.assertEqual(bytes(factory.received), b"".join(chunks))
+        # However the reads fell, no piece held more than one large payload.
+        self.assertLessEqual(max(pieces), 8 * KiB + 64)
+        self.assertGreaterEqual(len(pieces), 12)
 
 
 class TopPadTests(TestCase):

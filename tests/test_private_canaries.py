@@ -73,3 +73,16 @@ class DataPathCanaries(SynchronousTestCase):
         null.process(b"de")
         self.assertEqual(null.pointer(), 5)
         self.assertIn("applyMask", WebSocketProtocol.CONFIG_ATTRS_COMMON)
+
+    def test_autobahn_parser_state_used_by_feed_frames(self) -> None:
+        # feed_frames cuts reads where Autobahn's parser is between frames or
+        # inside one, and relies on it holding what it was fed in self.data.
+        source = inspect.getsource(WebSocketProtocol.processData)
+        self.assertIn(
+            "rest = self.current_frame.length - self.current_frame_masker.pointer()", source
+        )
+        self.assertIn("self.current_frame = FrameHeader(", source)
+        self.assertIn("if self.current_frame is None:", source)
+        self.assertIn("self.data = self.data[i:]", source)  # the re-slicing it avoids
+        self.assertIn("self.data += data", inspect.getsource(WebSocketProtocol._dataReceived))
+        self.assertIn("self.current_frame = None", inspect.getsource(WebSocketProtocol.onFrameEnd))
