@@ -179,7 +179,7 @@ class Options(usage.Options):
         [
             "read-size",
             None,
-            256 * 1024,
+            64 * 1024,
             "Bytes read from a remote at once (held DATA may exceed the high-water mark "
             "by one read).",
             _positive_int,

@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from tcpsocket import fastpath
@@ -347,3 +347,42 @@ class TopPadTests(TestCase):
 
         if platform.libc_ver()[0] == "glibc":
             self.assertTrue(set_top_pad(128 * KiB))  # glibc's own default
+
+
+class OptionTests(SynchronousTestCase):
+    def parse(self, *args: str) -> Any:
+        from tcpsocket.tap import Options
+
+        options = Options()
+        options.parseOptions(["--token", "t" * 16, *args])
+        return options
+
+    def test_defaults_keep_reads_at_the_high_water_mark(self) -> None:
+        config = self.parse()["config"]
+        self.assertEqual((config.read_size, config.malloc_top_pad), (64 * KiB, 0))
+        self.assertEqual(config.read_size, config.high_water_mark)
+
+    def test_read_size_and_top_pad(self) -> None:
+        config = self.parse("--read-size", "1048576", "--malloc-top-pad", "4194304")["config"]
+        self.assertEqual((config.read_size, config.malloc_top_pad), (MiB, 4 * MiB))
+
+    def test_bad_values(self) -> None:
+        from twisted.python import usage
+
+        for args in (("--read-size", "0"), ("--malloc-top-pad", "-1"), ("--read-size", "x")):
+            self.assertRaises(usage.UsageError, self.parse, *args)
+        from tcpsocket.config import ServerConfig
+        from tcpsocket.tokens import TokenStore
+
+        self.assertRaises(ValueError, ServerConfig, TokenStore(), read_size=0)
+        self.assertRaises(ValueError, ServerConfig, TokenStore(), malloc_top_pad=-1)
+
+    def test_the_daemon_sets_the_top_pad_at_start(self) -> None:
+        from unittest import mock
+
+        from tcpsocket import tap
+
+        options = self.parse("--listen", "tcp:0", "--malloc-top-pad", "4194304")
+        with mock.patch.object(tap, "set_top_pad") as set_pad:
+            tap.makeService(options)
+        set_pad.assert_called_once_with(4 * MiB)
