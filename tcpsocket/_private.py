@@ -38,6 +38,8 @@ def _direct(transport: Any) -> bool:
     """Whether ``transport`` is a plain TCP connection with nothing queued, open for writing."""
     return bool(
         isinstance(transport, tcp.Connection)
+        # Not UNIX sockets that pass file descriptors along with their bytes.
+        and type(transport).writeSomeData is tcp.Connection.writeSomeData
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
@@ -122,7 +124,11 @@ def set_read_size(transport: Any, size: int) -> bool:
     Returns False, changing nothing, for other transports (TLS, UNIX, tests' doubles).
     """
     cls = type(transport)
-    if not issubclass(cls, tcp.Connection) or getattr(transport, "TLS", False):
+    if (
+        not issubclass(cls, tcp.Connection)
+        or getattr(transport, "TLS", False)
+        or cls.doRead not in (tcp.Connection.doRead, _SizedReads.doRead)
+    ):
         return False
     if not issubclass(cls, _SizedReads):
         sized = _sized_classes.get(cls)

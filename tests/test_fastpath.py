@@ -226,9 +226,12 @@ class ReadSizeTests(TestCase):
         self.assertGreater(max(client.reads), 4 * KiB)
 
     def test_not_for_other_transports(self) -> None:
+        from twisted.internet import unix
         from twisted.internet.testing import StringTransport
 
         self.assertFalse(set_read_size(StringTransport(), 1 * MiB))
+        # UNIX connections read file descriptors along with bytes: left alone.
+        self.assertFalse(set_read_size(object.__new__(unix.Server), 1 * MiB))
 
 
 class SessionTests(TestCase):
