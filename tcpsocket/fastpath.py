@@ -20,7 +20,7 @@ from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-
 
 from tcpsocket._private import buffered, queue, write_through
 
-__all__ = ["batch", "flush", "unmask", "write"]
+__all__ = ["batch", "begin", "end", "flush", "unmask", "write"]
 
 #: Below this, :func:`unmask` XORs through Python integers; above, Autobahn's NVX.
 SMALL_PAYLOAD = 1024
@@ -74,18 +74,28 @@ def flush(transport: Any) -> None:
         write_through(transport, pending.chunks)
 
 
+def begin() -> None:
+    """Open a batch (batches nest); :func:`end` must follow, even on an exception."""
+    _batch.depth += 1
+
+
+def end() -> None:
+    """Close a batch: when it is the outermost, send what each transport gathered."""
+    _batch.depth -= 1
+    if not _batch.depth and _batch.pending:
+        pending, _batch.pending = _batch.pending, {}
+        for transport, gathered in pending.items():
+            write_through(transport, gathered.chunks)
+
+
 @contextmanager
 def batch() -> Iterator[None]:
     """Gather writes until the outermost batch ends, then send each transport's at once."""
-    _batch.depth += 1
+    begin()
     try:
         yield
     finally:
-        _batch.depth -= 1
-        if not _batch.depth:
-            pending, _batch.pending = _batch.pending, {}
-            for transport, gathered in pending.items():
-                write_through(transport, gathered.chunks)
+        end()
 
 
 def unmask(payload: bytes, mask: bytes, offset: int) -> bytes:

@@ -253,8 +253,11 @@ class SessionProtocol(WebSocketServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
         # debug logging is off.  The replies to one read leave in one write.
-        with fastpath.batch():
+        fastpath.begin()
+        try:
             feed_frames(self, data, self._dataReceived)
+        finally:
+            fastpath.end()
 
     def onFrameData(self, payload: bytes) -> bool | None:
         # The factory sets applyMask=False: Autobahn hands over client frames
