@@ -58,8 +58,6 @@ class ServerConfig:
     session_buffer: int = 256 * KiB
     #: Bytes read from a remote at once (apart from the high-water mark, a flow-control contract).
     read_size: int = 64 * KiB
-    #: Heap kept at the top on each growth and trim (glibc ``M_TOP_PAD``; 0: glibc's default).
-    malloc_top_pad: int = 0
     #: Sockets of all sessions together (lowered to fit the open files limit).
     max_sockets: int = 16384
     #: Upstream bytes queued by the sockets of one session / of all sessions.
@@ -132,7 +130,5 @@ class ServerConfig:
         object.__setattr__(
             self, "server_names", frozenset(n.lower().rstrip(".") for n in self.server_names)
         )
-        if self.malloc_top_pad < 0:
-            raise ValueError("malloc_top_pad must not be negative")
         if self.max_send_buffer < self.high_water_mark:
             raise ValueError("max_send_buffer must not be below high_water_mark")

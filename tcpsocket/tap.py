@@ -394,7 +394,6 @@ class Options(usage.Options):
                     "max-send-buffer",
                     "session-buffer",
                     "read-size",
-                    "malloc-top-pad",
                     "handshake-message-size",
                     "max-pending",
                     "max-pending-per-address",
@@ -509,7 +508,8 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (raising the open files limit first);
     SIGHUP reloads it."""
     raise_nofile_limit()
-    set_top_pad(options["config"].malloc_top_pad)
+    # A process-wide allocator setting: the daemon's to make, not the library's.
+    set_top_pad(options["malloc-top-pad"])
     service = _DaemonService(
         options["config"],
         options["listen"],
