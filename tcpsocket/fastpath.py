@@ -20,7 +20,7 @@ from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-
 
 from tcpsocket._private import buffered, queue, write_through
 
-__all__ = ["batch", "begin", "end", "flush", "unmask", "write"]
+__all__ = ["batch", "begin", "discard", "end", "flush", "unmask", "write"]
 
 #: Below this, :func:`unmask` XORs through Python integers; above, Autobahn's NVX.
 SMALL_PAYLOAD = 1024
@@ -72,6 +72,12 @@ def flush(transport: Any) -> None:
     pending = _batch.pending.pop(transport, None)
     if pending is not None:
         write_through(transport, pending.chunks)
+
+
+def discard(transport: Any) -> int:
+    """Drop what the open batch gathered for ``transport`` (it is aborted); return its size."""
+    pending = _batch.pending.pop(transport, None)
+    return 0 if pending is None else pending.size
 
 
 def begin() -> None:

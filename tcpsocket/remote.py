@@ -353,7 +353,8 @@ class RemoteSocket(Protocol):
             self.closed_by = "the daemon"
         self._state = _State.CLOSING
         # The transport drops what it holds: count it as not delivered.
-        self._lost_in_transport = transport_unsent(self.transport)
+        lost = fastpath.discard(self.transport)
+        self._lost_in_transport = transport_unsent(self.transport) + lost
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def detach(self, by: str = "the client") -> None:

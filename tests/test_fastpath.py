@@ -184,6 +184,15 @@ class BatchTests(TestCase):
         await wait_until(lambda: producer.resumed == 1)
         client.transport.unregisterProducer()
 
+    async def test_discarded_for_an_aborted_transport(self) -> None:
+        _, client, counting = await connected(self, Remote)
+        with fastpath.batch():
+            fastpath.write(client.transport, (b"12345",))
+            self.assertEqual(fastpath.discard(client.transport), 5)
+            self.assertEqual(fastpath.discard(client.transport), 0)
+            client.transport.abortConnection()
+        self.assertEqual(counting.sends, [])
+
     async def test_a_batch_is_flushed_when_its_reader_raises(self) -> None:
         factory, client, _ = await connected(self, Remote)
         with self.assertRaises(ValueError), fastpath.batch():
