@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.internet import main, tcp
 
-__all__ = ["buffered", "feed_frames", "queue", "set_read_size", "write_through"]
+__all__ = ["buffered", "feed_frames", "plain_tcp", "queue", "set_read_size", "write_through"]
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
@@ -34,17 +34,24 @@ def buffered(transport: Any) -> int:
         return 0
 
 
-def _direct(transport: Any) -> bool:
-    """Whether ``transport`` is a plain TCP connection with nothing queued, open for writing."""
+def plain_tcp(transport: Any) -> bool:
+    """Whether ``transport`` is a Twisted TCP connection whose socket may be written directly."""
     return bool(
         isinstance(transport, tcp.Connection)
         # Not UNIX sockets that pass file descriptors along with their bytes.
         and type(transport).writeSomeData is tcp.Connection.writeSomeData
+        and not getattr(transport, "TLS", False)
+    )
+
+
+def _direct(transport: Any) -> bool:
+    """Whether ``transport`` is a plain TCP connection with nothing queued, open for writing."""
+    return bool(
+        plain_tcp(transport)
         and transport.connected
         and not transport.disconnecting
         and not transport._writeDisconnected
         and not transport._writeDisconnecting
-        and not getattr(transport, "TLS", False)
         and not transport._aborting
         and not transport.dataBuffer
         and transport._tempDataLen == 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
 
-from tcpsocket._private import buffered, queue, write_through
+from tcpsocket._private import buffered, plain_tcp, queue, write_through
 
 __all__ = ["batch", "begin", "discard", "end", "flush", "unmask", "write"]
 
@@ -50,6 +50,10 @@ def write(transport: Any, chunks: Sequence[bytes]) -> None:
         write_through(transport, chunks)
         return
     pending = _batch.pending.get(transport)
+    if pending is None and not plain_tcp(transport):
+        # TLS, UNIX, test doubles: their own buffering is the batch.
+        queue(transport, chunks)
+        return
     if pending is None:
         if buffered(transport):
             # It queues already: behind that, Twisted's own buffering is the batch.

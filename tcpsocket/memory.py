@@ -5,7 +5,8 @@ buffers are freed as soon as they end.  But glibc's allocator keeps freed
 heap pages mapped, so the RSS of a daemon stays at its peak after a burst of
 traffic.  ``malloc_trim`` returns them; it is called when the last session
 ends, and otherwise at most once per interval as sessions end.  Elsewhere
-than glibc it is not available and nothing is done.
+than glibc it is not available and nothing is done.  :func:`set_top_pad` is
+the daemon's start-up allocator setting (``--malloc-top-pad``).
 """
 
 from __future__ import annotations

@@ -151,6 +151,15 @@ class BatchTests(TestCase):
         self.assertEqual(counting.sends, [11])
         await wait_until(lambda: bytes(factory.received) == b"0,1,2,3,4,5,6,7,8,9,x")
 
+    def test_other_transports_are_not_held(self) -> None:
+        # TLS, UNIX and in-memory transports buffer and pause producers themselves.
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        with fastpath.batch():
+            fastpath.write(transport, (b"now",))
+            self.assertEqual(transport.value(), b"now")
+
     async def test_outside_a_batch_writes_go_at_once(self) -> None:
         _, client, counting = await connected(self, Remote)
         fastpath.write(client.transport, (b"a",))
