@@ -336,6 +336,33 @@ class UnmaskTests(TestCase):
         self.assertEqual(bytes(factory.received), b"".join(chunks))
 
 
+class OrderTests(TestCase):
+    async def test_replies_gathered_before_a_close_leave_before_it(self) -> None:
+        # Requests and a close frame in one read: the replies gathered for the
+        # read go out before Autobahn's close reply (sendData flushes first).
+        factory, remote_port = await listen_remote(self, Recording)
+        _, port = await start_daemon(self)
+        client, service = await manager(self, port)
+        socket_id = await client.open_ok(service, remote_port)
+        arrived: list[str] = []
+        sends = [client.send(service, socket_id, b"x%d" % n) for n in range(5)]
+        for d in sends:
+            d.addCallback(lambda reply: arrived.append("reply") or reply)
+        on_close_frame = client.raw.onCloseFrame
+
+        def close_frame(code: Any, reason: Any) -> Any:
+            arrived.append("close")
+            return on_close_frame(code, reason)
+
+        client.raw.onCloseFrame = close_frame
+        client.raw.sendClose(1000)  # same turn: the same TCP write as the requests
+        replies = await defer.gatherResults(sends)
+        await client.raw.closed
+        self.assertEqual(arrived, ["reply"] * 5 + ["close"])
+        self.assertTrue(all(reply.reply is Reply.SEND_SUCCESS for reply in replies))
+        await wait_until(lambda: bytes(factory.received) == b"x0x1x2x3x4")
+
+
 class FrameFeedTests(TestCase):
     async def test_autobahn_is_fed_a_frame_at_a_time(self) -> None:
         factory, remote_port = await listen_remote(self, Recording)
