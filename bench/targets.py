@@ -214,6 +214,7 @@ def daemon_command(
         "max_sessions",
         "max_message_size",
         "session_buffer",
+        "read_size",
         "connect_timeout",
         "handshake_timeout",
         "close_timeout",

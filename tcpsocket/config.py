@@ -57,6 +57,8 @@ class ServerConfig:
     high_water_mark: int = 64 * KiB
     max_send_buffer: int = 16 * MiB
     session_buffer: int = 256 * KiB
+    #: Bytes read from a remote at once (apart from the high-water mark, a flow-control contract).
+    read_size: int = 64 * KiB
     #: Sockets of all sessions together (lowered to fit the open files limit).
     max_sockets: int = 16384
     #: Upstream bytes queued by the sockets of one session / of all sessions.
@@ -115,6 +117,7 @@ class ServerConfig:
             "high_water_mark",
             "max_send_buffer",
             "session_buffer",
+            "read_size",
             "max_sockets",
             "max_session_send_buffer",
             "max_total_send_buffer",

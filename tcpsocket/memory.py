@@ -5,7 +5,8 @@ buffers are freed as soon as they end.  But glibc's allocator keeps freed
 heap pages mapped, so the RSS of a daemon stays at its peak after a burst of
 traffic.  ``malloc_trim`` returns them; it is called when the last session
 ends, and otherwise at most once per interval as sessions end.  Elsewhere
-than glibc it is not available and nothing is done.
+than glibc it is not available and nothing is done.  :func:`set_top_pad` is
+the daemon's start-up allocator setting (``--malloc-top-pad``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import ctypes
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HeapTrimmer"]
+__all__ = ["HeapTrimmer", "set_top_pad"]
+
+#: ``mallopt`` parameter number of ``M_TOP_PAD`` (glibc malloc.h).
+M_TOP_PAD = -2
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -23,6 +27,22 @@ def _malloc_trim() -> Callable[[int], int] | None:
     except (OSError, AttributeError):
         return None
     return trim
+
+
+def set_top_pad(size: int) -> bool:
+    """Set glibc's ``M_TOP_PAD``: heap kept on top when the heap grows or is trimmed.
+
+    Large reads allocate and free big buffers; without a pad, glibc may give
+    the top of the heap back and take it again (``brk``) on every read.
+    Returns whether it was set (False elsewhere than glibc, or for 0).
+    """
+    if size <= 0:
+        return False
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_TOP_PAD, size))
 
 
 class HeapTrimmer:

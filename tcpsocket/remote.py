@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpsocket._private import set_buffer_size, transport_unsent
+from tcpsocket import fastpath
+from tcpsocket._private import set_buffer_size, set_read_size, transport_unsent
 from tcpsocket.messages import (
     Event,
     Reply,
@@ -213,9 +214,10 @@ class RemoteSocket(Protocol):
             self._connections.add(self)
         self.config.metrics.socket_connected(self)
         transport: Any = self.transport
-        # The transport's buffer size is both where it pauses us as a producer
-        # and how much it reads at once.
+        # The transport's buffer size is where it pauses us as a producer (a
+        # contract of send); it reads apart from it, in larger chunks.
         set_buffer_size(transport, self.config.high_water_mark)
+        set_read_size(transport, self.config.read_size)
         transport.registerProducer(_TransportFlow(self), True)
         if ITCPTransport.providedBy(transport):
             # Interactive protocols (SSH, IRC) must not wait for Nagle.
@@ -296,7 +298,7 @@ class RemoteSocket(Protocol):
         self.bytes_sent += len(data)
         if data:
             if self._writable and not self._queue:
-                self.transport.write(data)  # type: ignore[union-attr]
+                fastpath.write(self.transport, (data,))
             else:
                 self._queue.append(data)
                 self._queued += len(data)
@@ -340,7 +342,8 @@ class RemoteSocket(Protocol):
             self.closed_by = "the daemon"
         self._state = _State.CLOSING
         # The transport drops what it holds: count it as not delivered.
-        self._lost_in_transport = transport_unsent(self.transport)
+        lost = fastpath.discard(self.transport)
+        self._lost_in_transport = transport_unsent(self.transport) + lost
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def detach(self, by: str = "the client") -> None:
@@ -397,6 +400,7 @@ class RemoteSocket(Protocol):
         if not self._queue and self.transport is not None:
             # A transport with a registered producer does not close until the
             # producer is unregistered; it writes what it holds, then FIN.
+            fastpath.flush(self.transport)
             self.transport.unregisterProducer()  # type: ignore[attr-defined]
             self.transport.loseConnection()
 

@@ -27,12 +27,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
 
+from tcpsocket import fastpath
 from tcpsocket._private import (
-    autobahn_data_received,
     binary_frame_head,
     cancel_autobahn_timers,
     drop_autobahn_futures,
     drop_message_data,
+    feed_frames,
     set_buffer_size,
     use_reactor_timers,
 )
@@ -248,8 +249,27 @@ class SessionProtocol(WebSocketServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
-        # debug logging is off.
-        autobahn_data_received(self, data)
+        # debug logging is off.  The replies to one read leave in one write.
+        fastpath.begin()
+        try:
+            feed_frames(self, data)
+        finally:
+            fastpath.end()
+
+    def onFrameData(self, payload: bytes) -> bool | None:
+        # The factory sets applyMask=False: Autobahn hands over client frames
+        # still masked, and they are unmasked here, without a masker per frame.
+        mask: Any = self.current_frame.mask
+        if mask and payload:
+            offset = self.current_frame_masker.pointer() - len(payload)
+            payload = fastpath.unmask(payload, mask, offset)
+        result: bool | None = super().onFrameData(payload)
+        return result
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Autobahn's own frames (pong, close) go behind the replies gathered so far.
+        fastpath.flush(self.transport)
+        super().sendData(data, sync, chopsize)
 
     def onOpen(self) -> None:
         transport: Any = self.transport
@@ -383,11 +403,7 @@ class SessionProtocol(WebSocketServerProtocol):
         if self._ending or self.state != self.STATE_OPEN:
             return
         frame = binary_frame_head(len(head) + len(body))
-        transport: Any = self.transport
-        if body:
-            transport.writeSequence((frame + head, body))
-        else:
-            transport.write(frame + head)
+        fastpath.write(self.transport, (frame + head, body) if body else (frame + head,))
 
     def _fail(self, code: int, reason: str) -> None:
         budget = self._log_budget()
@@ -522,6 +538,8 @@ class SessionFactory(WebSocketServerFactory):
             autoPingInterval=config.keepalive_interval,
             autoPingTimeout=config.keepalive_timeout,
             webStatus=False,
+            # Client frames are unmasked by SessionProtocol.onFrameData (fastpath.unmask).
+            applyMask=False,
             # Protocol errors Autobahn finds itself (an oversize message: 1009,
             # a bad frame: 1002) close with that code and a reason (B.2), not
             # by dropping the TCP connection.

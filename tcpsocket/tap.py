@@ -24,6 +24,7 @@ from tcpsocket.budgets import raise_nofile_limit
 from tcpsocket.config import DEFAULT_LISTEN, ServerConfig
 from tcpsocket.configfile import apply_config_file, command_line_settings, name_coercions
 from tcpsocket.jwt_tokens import JwtVerifier, RedisUsedRecord
+from tcpsocket.memory import set_top_pad
 from tcpsocket.observability import Access
 from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.reload import HangupReload
@@ -78,6 +79,16 @@ def _positive_int(value: str) -> int:
         raise ValueError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise ValueError("must be at least 1")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise ValueError("must not be negative")
     return number
 
 
@@ -185,6 +196,22 @@ class Options(usage.Options):
             "Bytes queued towards a client above which its remotes, and its own requests, "
             "stop being read.",
             _positive_int,
+        ],
+        [
+            "read-size",
+            None,
+            64 * 1024,
+            "Bytes read from a remote at once (held DATA may exceed the high-water mark "
+            "by one read).",
+            _positive_int,
+        ],
+        [
+            "malloc-top-pad",
+            None,
+            0,
+            "Bytes of heap glibc keeps at the top when it grows or trims it (M_TOP_PAD; "
+            "0: glibc's default). A few MiB spare the system calls of large reads.",
+            _non_negative_int,
         ],
         [
             "max-sockets",
@@ -441,6 +468,7 @@ class Options(usage.Options):
                     "high-water-mark",
                     "max-send-buffer",
                     "session-buffer",
+                    "read-size",
                     "handshake-message-size",
                     "max-pending",
                     "max-pending-per-address",
@@ -614,6 +642,8 @@ def makeService(options: Options) -> IService:
     """Build the daemon's service from parsed options (raising the open files limit first);
     SIGHUP reloads it."""
     raise_nofile_limit()
+    # A process-wide allocator setting: the daemon's to make, not the library's.
+    set_top_pad(options["malloc-top-pad"])
     if options["workers"] > 1:
         return _make_pool(options)
     share = options["worker-share"]

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IHandshakeListener, ITCPTransport, ITLST
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpsocket import fastpath
 from tcpsocket.messages import REPLIES, SocketRequest, encode_reply
 from tcpsocket.remote import RemoteSocket, SocketError
 from tcpsocket.services.securesocket.messages import (
@@ -62,7 +63,9 @@ class SecureRemoteSocket(RemoteSocket):
             raise SocketError("socket is already secure")
         if not ITLSTransport.providedBy(transport):
             raise SocketError("this connection cannot start TLS")
-        # Bytes accepted before the upgrade go in the clear, before the handshake.
+        # Bytes accepted before the upgrade go in the clear, before the handshake:
+        # those gathered for this read's batch first (tcpsocket.fastpath), then the queue.
+        fastpath.flush(transport)
         while self._queue:
             chunk = self._queue.popleft()
             self._queued -= len(chunk)

@@ -1,0 +1,127 @@
+"""Writes that reach the kernel in the same reactor turn, one system call per read.
+
+Outside a batch, :func:`write` sends at once when the transport queues nothing
+(:func:`tcpsocket._private.write_through`).  While a session handles one read
+of its client (:func:`batch`), the writes it makes to any transport are
+gathered, and each transport gets them in one ``sendmsg`` when the read is
+handled: pipelined requests keep their batching.  A transport's gathered bytes
+never exceed its ``bufferSize``: past it they go to the transport at once, so
+that it pauses its producer where it would have without the batch (``send``
+and DRAIN stay exact).  Readers run on the reactor thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
+
+from tcpsocket._private import buffered, plain_tcp, queue, write_through
+
+__all__ = ["batch", "begin", "discard", "end", "flush", "unmask", "write"]
+
+#: Below this, :func:`unmask` XORs through Python integers; above, Autobahn's NVX.
+SMALL_PAYLOAD = 1024
+
+
+class _Pending:
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.depth = 0
+        # Insertion-ordered: transports are flushed in the order they were first written.
+        self.pending: dict[Any, _Pending] = {}
+
+
+_batch = _Batch()
+
+
+def write(transport: Any, chunks: Sequence[bytes]) -> None:
+    """Write ``chunks`` to ``transport`` in order (gathered while a batch is open)."""
+    if not _batch.depth:
+        write_through(transport, chunks)
+        return
+    pending = _batch.pending.get(transport)
+    if pending is None and not plain_tcp(transport):
+        # TLS, UNIX, test doubles: their own buffering is the batch.
+        queue(transport, chunks)
+        return
+    if pending is None:
+        if buffered(transport):
+            # It queues already: behind that, Twisted's own buffering is the batch.
+            queue(transport, chunks)
+            return
+        pending = _batch.pending[transport] = _Pending()
+    pending.chunks.extend(chunks)
+    pending.size += sum(map(len, chunks))
+    if pending.size > getattr(transport, "bufferSize", 0):
+        # The transport would pause its producer now: let it.
+        del _batch.pending[transport]
+        queue(transport, pending.chunks)
+
+
+def flush(transport: Any) -> None:
+    """Hand what the open batch gathered for ``transport`` to it now.
+
+    Called before anything else writes to or closes ``transport``, to keep the order.
+    """
+    pending = _batch.pending.pop(transport, None)
+    if pending is not None:
+        write_through(transport, pending.chunks)
+
+
+def discard(transport: Any) -> int:
+    """Drop what the open batch gathered for ``transport`` (it is aborted); return its size."""
+    pending = _batch.pending.pop(transport, None)
+    return 0 if pending is None else pending.size
+
+
+def begin() -> None:
+    """Open a batch (batches nest); :func:`end` must follow, even on an exception."""
+    _batch.depth += 1
+
+
+def end() -> None:
+    """Close a batch: when it is the outermost, send what each transport gathered."""
+    _batch.depth -= 1
+    if not _batch.depth and _batch.pending:
+        pending, _batch.pending = _batch.pending, {}
+        for transport, gathered in pending.items():
+            write_through(transport, gathered.chunks)
+
+
+@contextmanager
+def batch() -> Iterator[None]:
+    """Gather writes until the outermost batch ends, then send each transport's at once."""
+    begin()
+    try:
+        yield
+    finally:
+        end()
+
+
+def unmask(payload: bytes, mask: bytes, offset: int) -> bytes:
+    """Unmask ``payload``, the part of a client frame that starts ``offset`` bytes into it.
+
+    Autobahn builds a native masker for every incoming frame (an import, two
+    allocations and a copy each time): most of the cost of a small frame.
+    Small payloads are XORed as integers instead; large ones still go through
+    Autobahn's native masker, which is faster per byte.
+    """
+    size = len(payload)
+    shift = offset & 3
+    key = mask[shift:] + mask[:shift]
+    if size >= SMALL_PAYLOAD:
+        return bytes(create_xor_masker(key, size).process(payload))
+    stream = (key * (size // 4 + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(
+        size, "little"
+    )
