@@ -125,6 +125,8 @@ class TwoNodesTests(TestCase):
         data = await send_accepted(client, service, socket_id)
         (sink,) = factory.connections
         assert isinstance(sink, SlowSink)
+        # The nodes' log lines arrive through pipes, after the ack: wait for them.
+        await wait_until(lambda: sum(self.sessions_on(n) for n in nodes) == 1, 10)
         (busy,) = [n for n in nodes if self.sessions_on(n) == 1]
         (other,) = [n for n in nodes if n is not busy]
 
@@ -133,7 +135,8 @@ class TwoNodesTests(TestCase):
         # While it drains, new sessions go to the other node.
         _, ok = await handshake(self, front, token)
         self.assertTrue(ok)
-        self.assertEqual(self.sessions_on(other), 1)
+        await wait_until(lambda: self.sessions_on(other) == 1, 10)
+        self.assertEqual(self.sessions_on(busy), 1)
         sink.go()
         await busy.ended
         await wait_until(lambda: sink.reason is not None, timeout=30)
@@ -143,4 +146,4 @@ class TwoNodesTests(TestCase):
         self.assertIn(b"every socket delivered what it accepted", busy.output)
         _, ok = await handshake(self, front, token)
         self.assertTrue(ok, "served by the node left")
-        self.assertEqual(self.sessions_on(other), 2)
+        await wait_until(lambda: self.sessions_on(other) == 2, 10)
