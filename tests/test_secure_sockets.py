@@ -188,6 +188,13 @@ class SecureSocketTests(TestCase):
         )
         with self.assertRaisesRegex(TcpSocketError, "unknown authority|name mismatch"):
             await other
+        # The exception is the destination's: a client cannot borrow it for another host
+        # by naming the exempt server in serverName.
+        borrowed = manager.open(
+            host="other.test", port=port, use_secure_transport=True, server_name="imap.test"
+        )
+        with self.assertRaisesRegex(TcpSocketError, "unknown authority"):
+            await borrowed
 
     async def test_expired(self) -> None:
         reason = await self.failure(
