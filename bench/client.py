@@ -29,22 +29,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tcpsocket.bincode import encode_varint
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.messages import (
-    SERVICE_NAME,
     Core,
-    Event,
     GetService,
     GetServiceResult,
-    Method,
     ObjectRef,
-    Reply,
-    SocketReply,
     decode_core_response,
-    decode_socket_reply,
     encode_handshake,
-    encode_method,
-    encode_open,
     encode_request,
 )
 from tcpsocket.services.securesocket.messages import (
@@ -53,6 +44,17 @@ from tcpsocket.services.securesocket.messages import (
     encode_secure_open,
 )
 from tcpsocket.services.securesocket.messages import SERVICE_NAME as SECURE_SERVICE_NAME
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import (
+    SERVICE_NAME,
+    Event,
+    Method,
+    Reply,
+    SocketReply,
+    decode_socket_reply,
+    encode_method,
+    encode_open,
+)
 
 try:
     from websockets.speedups import apply_mask

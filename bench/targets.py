@@ -28,7 +28,7 @@ from bench.client import (
 )
 from bench.tlscert import TLS_NAME
 from bench.wisp_client import WispSession, WispStream, open_wisp
-from tcpsocket.messages import Event
+from tcpsocket.services.tcpsocket.messages import Event
 
 REPO = Path(__file__).resolve().parent.parent
 #: Long enough for a daemon that wants a minimum token length.

@@ -91,8 +91,9 @@ class ServerConfig:
     idle_timeout: float = 600.0
     #: A PEM file of certificate authorities that secure sockets trust besides the system's.
     tls_ca_file: str | None = None
-    #: TLS server names whose certificates secure sockets accept without verification (the
-    #: operator's exceptions, e.g. a device with a self-signed certificate; never a client's).
+    #: Destination hosts whose certificates secure sockets accept without verification (the
+    #: operator's per-destination exceptions, e.g. a device with a self-signed certificate;
+    #: never a client's: a serverName naming one does not exempt another host).
     tls_no_verify: frozenset[str] = frozenset()
     #: The services sessions offer, by name (doc/extending.md).
     services: ServiceRegistry = field(default_factory=default_services, compare=False)

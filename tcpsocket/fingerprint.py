@@ -1,45 +1,9 @@
-"""The service fingerprint of protocol.md A.5, derived from the interface."""
+"""The service fingerprint algorithm of protocol.md A.5; each service hashes its own signature."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Final
-
-#: What the api-daemon code generator hashes for ``tcpsocket.sidl``, in order.
-TCPSOCKET_SIGNATURE: Final = (
-    "TcpSocketClose",
-    "TcpSocketResume",
-    "TcpSocketSend(Vec<u8>,)",
-    "TcpSocketSuspend",
-    "TcpSocketFactoryOpen(SocketAddress,)",
-    "TcpSocketCloseSuccess",
-    "TcpSocketCloseError",
-    "TcpSocketResumeSuccess",
-    "TcpSocketResumeError",
-    "TcpSocketSendSuccess(bool)",
-    "TcpSocketSendError",
-    "TcpSocketSuspendSuccess",
-    "TcpSocketSuspendError",
-    "TcpSocketCloseEvent",
-    "TcpSocketDataEvent(Vec<u8>)",
-    "TcpSocketDrainEvent(bool)",
-    "TcpSocketErrorEvent(String)",
-    "TcpSocketFactoryOpenSuccess(u32)",
-    "TcpSocketFactoryOpenError",
-    "host",
-    "String",
-    "port",
-    "i64",
-    "close",
-    "()",
-    "data",
-    "Vec<u8>",
-    "drain",
-    "bool",
-    "error",
-    "String",
-)
 
 
 def fingerprint(signature: Iterable[str]) -> str:
@@ -48,4 +12,10 @@ def fingerprint(signature: Iterable[str]) -> str:
     return "".join(f"{byte:x}" for byte in digest)
 
 
-TCPSOCKET_FINGERPRINT: Final = fingerprint(TCPSOCKET_SIGNATURE)
+def __getattr__(name: str) -> object:
+    # The TcpSocketManager fingerprint moved to its service package.
+    if name in ("TCPSOCKET_SIGNATURE", "TCPSOCKET_FINGERPRINT"):
+        from tcpsocket.services.tcpsocket import fingerprint as service
+
+        return getattr(service, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

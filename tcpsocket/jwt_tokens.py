@@ -37,8 +37,8 @@ from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from tcpsocket.logtext import printable
-from tcpsocket.messages import PERMISSION
 from tcpsocket.policy import Rule
+from tcpsocket.services.tcpsocket.messages import PERMISSION
 from tcpsocket.tokens import Token
 
 __all__ = [

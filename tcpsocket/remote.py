@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from tcpsocket import fastpath
 from tcpsocket._private import set_buffer_size, set_read_size, transport_unsent
-from tcpsocket.messages import (
+from tcpsocket.services.tcpsocket.messages import (
     Event,
     Reply,
     encode_data_event,

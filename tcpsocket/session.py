@@ -45,15 +45,10 @@ from tcpsocket.fairness import FairShare, Waiter
 from tcpsocket.handshake import Refusal, authenticate
 from tcpsocket.logtext import ClientLog, LogBudget, printable
 from tcpsocket.memory import HeapTrimmer
-from tcpsocket.messages import (
-    data_event_head,
-    decode_base,
-    encode_ack,
-    encode_event,
-    encode_response,
-)
+from tcpsocket.messages import decode_base, encode_ack, encode_event, encode_response
 from tcpsocket.origins import origin_allowed
 from tcpsocket.routing import ServiceRouter
+from tcpsocket.services.tcpsocket.messages import data_event_head
 from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionFactory", "SessionProtocol"]

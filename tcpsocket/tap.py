@@ -411,9 +411,10 @@ class Options(usage.Options):
         self["server-name"].append(name)
 
     def opt_tls_no_verify(self, name: str) -> None:
-        """A TLS server name whose certificate secure sockets accept unverified, e.g. a
-        device with a self-signed certificate (repeatable; the operator's exception, which
-        no client can make). Prefer --tls-ca-file."""
+        """A destination host (as clients open it) whose certificate secure sockets accept
+        unverified, e.g. a device with a self-signed certificate (repeatable; the operator's
+        per-destination exception, which no client can make or borrow through serverName).
+        Prefer --tls-ca-file."""
         self["tls-no-verify"].append(name)
 
     def opt_allow(self, rule: str) -> None:

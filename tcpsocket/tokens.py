@@ -15,8 +15,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tcpsocket.interfaces import IToken, ITokenStore
-from tcpsocket.messages import PERMISSION
 from tcpsocket.policy import Rule
+from tcpsocket.services.tcpsocket.messages import PERMISSION
 
 if TYPE_CHECKING:
     from tcpsocket.jwt_tokens import JwtVerifier

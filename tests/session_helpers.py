@@ -24,23 +24,25 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.messages import (
     Core,
-    Event,
     GetService,
     Kind,
-    Method,
     ObjectRef,
-    Reply,
-    SocketReply,
     decode_base,
     decode_core_response,
-    decode_socket_reply,
     encode_handshake,
+    encode_request,
+)
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import (
+    Event,
+    Method,
+    Reply,
+    SocketReply,
+    decode_socket_reply,
     encode_method,
     encode_open,
-    encode_request,
     encode_send,
 )
 from tests.support import (

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import UNIXClientEndpoint
 
-from tcpsocket.messages import Event, Reply
+from tcpsocket.services.tcpsocket.messages import Event, Reply
 from tests.session_helpers import KiB, MiB, SessionClient, manager
 from tests.support import Remote, listen_remote, raw_client_on
 

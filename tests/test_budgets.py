@@ -12,16 +12,10 @@ from twisted.trial.unittest import TestCase
 
 from tcpsocket.budgets import Budgets, raise_nofile_limit
 from tcpsocket.config import ServerConfig
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
-from tcpsocket.messages import (
-    Event,
-    GetService,
-    GetServiceResult,
-    Method,
-    Reply,
-    decode_core_response,
-)
+from tcpsocket.messages import GetService, GetServiceResult, decode_core_response
 from tcpsocket.resolve import LookupRefused, Lookups
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import Event, Method, Reply
 from tcpsocket.tokens import TokenStore
 from tests.session_helpers import (
     KiB,

@@ -7,38 +7,41 @@ import hashlib
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpsocket.bincode import DecodeError, Reader, encode_i64, encode_string, encode_varint
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT, TCPSOCKET_SIGNATURE, fingerprint
+from tcpsocket.fingerprint import fingerprint
 from tcpsocket.messages import (
     Core,
-    Event,
     GetService,
     GetServiceResult,
     HasService,
     Kind,
-    Method,
     ObjectRef,
-    Reply,
-    SocketReply,
-    data_event_head,
     decode_base,
     decode_core_request,
     decode_core_response,
     decode_handshake,
-    decode_socket_reply,
-    decode_socket_request,
     encode_ack,
     encode_core_bool_response,
-    encode_data_event,
-    encode_error_event,
     encode_event,
     encode_get_service_response,
     encode_handshake,
+    encode_request,
+    encode_response,
+)
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT, TCPSOCKET_SIGNATURE
+from tcpsocket.services.tcpsocket.messages import (
+    Event,
+    Method,
+    Reply,
+    SocketReply,
+    data_event_head,
+    decode_socket_reply,
+    decode_socket_request,
+    encode_data_event,
+    encode_error_event,
     encode_method,
     encode_open,
     encode_open_success,
     encode_reply,
-    encode_request,
-    encode_response,
     encode_send,
     encode_send_success,
 )
@@ -67,6 +70,34 @@ class FingerprintTests(SynchronousTestCase):
         digest = hashlib.sha256(b"abc").digest()
         self.assertEqual(fingerprint(["ab", "c"]), "".join(format(b, "x") for b in digest))
         self.assertLess(len(fingerprint(["ab", "c"])), 64)
+
+
+class OldHomeTests(SynchronousTestCase):
+    """TcpSocketManager's names moved to its service package but import from their old places."""
+
+    def test_messages_old_names(self) -> None:
+        from tcpsocket import messages
+        from tcpsocket.services.tcpsocket import messages as service_messages
+
+        for name in service_messages.__all__:
+            self.assertIs(getattr(messages, name), getattr(service_messages, name), name)
+        with self.assertRaises(AttributeError):
+            messages.__getattr__("NoSuchName")
+
+    def test_fingerprint_old_names(self) -> None:
+        from tcpsocket import fingerprint as shared
+
+        self.assertEqual(shared.TCPSOCKET_FINGERPRINT, TCPSOCKET_FINGERPRINT)
+        self.assertEqual(shared.TCPSOCKET_SIGNATURE, TCPSOCKET_SIGNATURE)
+        with self.assertRaises(AttributeError):
+            shared.__getattr__("NoSuchName")
+
+    def test_session_messages_hold_no_service_names(self) -> None:
+        from tcpsocket import messages
+
+        self.assertNotIn("Method", vars(messages))
+        self.assertNotIn("encode_open", vars(messages))
+        self.assertIn("BaseMessage", vars(messages))
 
 
 class VarintTests(SynchronousTestCase):

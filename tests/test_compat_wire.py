@@ -11,15 +11,8 @@ from dataclasses import fields
 from twisted.trial.unittest import TestCase
 
 from tcpsocket.config import ServerConfig
-from tcpsocket.messages import (
-    Core,
-    Event,
-    Method,
-    ObjectRef,
-    Reply,
-    decode_core_response,
-    decode_socket_reply,
-)
+from tcpsocket.messages import Core, ObjectRef, decode_core_response
+from tcpsocket.services.tcpsocket.messages import Event, Method, Reply, decode_socket_reply
 from tests.session_helpers import SessionClient, live_sessions, manager, only
 from tests.support import Echo, listen_remote, start_daemon, wait_until
 

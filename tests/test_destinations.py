@@ -16,8 +16,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
 from tcpsocket.config import remote_endpoint
-from tcpsocket.messages import Event, Reply
 from tcpsocket.policy import DestinationPolicy
+from tcpsocket.services.tcpsocket.messages import Event, Reply
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tokens import TokenStore, load_tokens_file
 from tests.session_helpers import (

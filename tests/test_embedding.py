@@ -12,14 +12,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXClientEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
-from tcpsocket.messages import (
-    GetService,
-    encode_handshake,
-    encode_open,
-    encode_request,
-    encode_send,
-)
+from tcpsocket.messages import GetService, encode_handshake, encode_request
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import encode_open, encode_send
 from tests.support import Echo, RawClient, listen_remote, raw_client, raw_client_on, temp_dir
 
 EXAMPLES = Path(__file__).parent.parent / "doc" / "examples"

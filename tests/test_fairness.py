@@ -10,7 +10,8 @@ from __future__ import annotations
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from tcpsocket.messages import Core, Event, ObjectRef, Reply
+from tcpsocket.messages import Core, ObjectRef
+from tcpsocket.services.tcpsocket.messages import Event, Reply
 from tests.session_helpers import (
     HeldSource,
     KiB,

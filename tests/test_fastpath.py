@@ -19,7 +19,7 @@ from zope.interface import implementer
 from tcpsocket import fastpath
 from tcpsocket._private import buffered, set_read_size, write_through
 from tcpsocket.memory import set_top_pad
-from tcpsocket.messages import Event, Reply
+from tcpsocket.services.tcpsocket.messages import Event, Reply
 from tests.session_helpers import (
     Recording,
     live_sessions,

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import (
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tcpsocket.messages import Event, Method, Reply, SocketReply
+from tcpsocket.services.tcpsocket.messages import Event, Method, Reply, SocketReply
 from tests.session_helpers import (
     KiB,
     MiB,

@@ -21,7 +21,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from tcpsocket.messages import Core, Event, Method, ObjectRef, Reply, SocketReply
+from tcpsocket.messages import Core, ObjectRef
+from tcpsocket.services.tcpsocket.messages import Event, Method, Reply, SocketReply
 from tests.session_helpers import (
     HashingSink,
     HeldSource,

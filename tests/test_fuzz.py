@@ -28,37 +28,39 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.bincode import DecodeError
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.messages import (
     Core,
-    Event,
     GetService,
     GetServiceResult,
     HasService,
-    Method,
     ObjectRef,
-    Reply,
     decode_base,
     decode_core_request,
     decode_core_response,
     decode_handshake,
-    decode_socket_reply,
-    decode_socket_request,
     encode_ack,
     encode_core_bool_response,
-    encode_data_event,
     encode_event,
     encode_get_service_response,
     encode_handshake,
+    encode_request,
+    encode_response,
+)
+from tcpsocket.policy import AllowList, Rule
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import (
+    Event,
+    Method,
+    Reply,
+    decode_socket_reply,
+    decode_socket_request,
+    encode_data_event,
     encode_method,
     encode_open,
     encode_open_success,
     encode_reply,
-    encode_request,
-    encode_response,
     encode_send,
 )
-from tcpsocket.policy import AllowList, Rule
 from tests.session_helpers import free_port, manager
 from tests.support import TOKEN, Echo, listen_remote, raw_client, start_daemon, wait_until
 

@@ -18,9 +18,9 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from tcpsocket.messages import Event
 from tcpsocket.remote import RemoteSocket
 from tcpsocket.service import TcpSocketManagerService
+from tcpsocket.services.tcpsocket.messages import Event
 from tcpsocket.session import SessionProtocol
 from tests.session_helpers import MiB, manager, pattern
 from tests.support import (

@@ -12,9 +12,10 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcpsocket.messages import Event, Reply, encode_handshake
+from tcpsocket.messages import encode_handshake
 from tcpsocket.policy import AllowList, Rule
 from tcpsocket.reload import HangupReload, apply_reload
+from tcpsocket.services.tcpsocket.messages import Event, Reply
 from tcpsocket.tokens import Token, TokenStore
 from tests.session_helpers import session
 from tests.support import (

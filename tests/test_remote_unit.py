@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tcpsocket.fairness import FairShare
-from tcpsocket.messages import Event, Reply, SocketReply, decode_socket_reply
 from tcpsocket.remote import DETACHED, RemoteSocket, SocketError, SocketOwner, describe_failure
+from tcpsocket.services.tcpsocket.messages import Event, Reply, SocketReply, decode_socket_reply
 from tests.support import test_config as make_config
 
 HWM = 16

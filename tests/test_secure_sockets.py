@@ -16,8 +16,10 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from tcpsocket.client import (
+    CLOSE_EVENT,
     DATA_EVENT,
     DRAIN_EVENT,
+    ERROR_EVENT,
     SecureTcpSocketManager,
     Session,
     TcpSocketError,
@@ -25,10 +27,13 @@ from tcpsocket.client import (
 )
 from tcpsocket.policy import DestinationPolicy
 from tcpsocket.services.securesocket.messages import SECURE_FINGERPRINT, SECURE_SIGNATURE
-from tests.support import TOKEN, Echo, start_daemon, temp_dir
+from tests.support import TOKEN, Echo, open_sockets, start_daemon, temp_dir, wait_until
 from tests.tls_support import (
     TLS_NAMES,
     TLS_RULES,
+    CloseAtOnce,
+    CloseAtStartTLS,
+    CloseOnHello,
     ResetOnHello,
     TestAuthority,
     listen_starttls,
@@ -183,6 +188,13 @@ class SecureSocketTests(TestCase):
         )
         with self.assertRaisesRegex(TcpSocketError, "unknown authority|name mismatch"):
             await other
+        # The exception is the destination's: a client cannot borrow it for another host
+        # by naming the exempt server in serverName.
+        borrowed = manager.open(
+            host="other.test", port=port, use_secure_transport=True, server_name="imap.test"
+        )
+        with self.assertRaisesRegex(TcpSocketError, "unknown authority"):
+            await borrowed
 
     async def test_expired(self) -> None:
         reason = await self.failure(
@@ -191,23 +203,68 @@ class SecureSocketTests(TestCase):
         self.assertIn("certificate expired", reason)
 
     async def test_reset_during_handshake(self) -> None:
-        port = await listen_tls(self, CA.issue("imap.test").server_options(), Echo)
-        del port
+        port = await self.listen_plain(ResetOnHello)
+        manager = await self.manager()
+        opening = manager.open(host="imap.test", port=port, use_secure_transport=True)
+        with self.assertRaises(TcpSocketError) as caught:
+            await opening
+        self.assertIn("during the TLS handshake", str(caught.exception))
+
+    async def listen_plain(self, protocol: type[Protocol]) -> int:
+        """A plain TCP server on 127.0.0.1 speaking ``protocol``; returns its port."""
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from twisted.internet.protocol import Factory
 
         server = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(ResetOnHello)
+            Factory.forProtocol(protocol)
         )
         self.addCleanup(server.stopListening)
+        number: int = server.getHost().port
+        return number
+
+    async def test_clean_close_during_handshake(self) -> None:
+        """A remote that closes with a FIN (not a reset), before or after reading the
+        ClientHello, fails the open with the reason; no socket is left behind."""
         manager = await self.manager()
-        opening = manager.open(
-            host="imap.test", port=server.getHost().port, use_secure_transport=True
-        )
+        for protocol in (CloseAtOnce, CloseOnHello):
+            port = await self.listen_plain(protocol)
+            baseline = open_sockets()
+            opening = manager.open(host="imap.test", port=port, use_secure_transport=True)
+            with self.assertRaises(TcpSocketError) as caught:
+                await opening
+            self.assertIn(
+                "the remote closed the connection during the TLS handshake",
+                str(caught.exception),
+                protocol.__name__,
+            )
+            await wait_until(lambda baseline=baseline: open_sockets() == baseline)
+
+    async def test_clean_close_during_upgrade(self) -> None:
+        """STARTTLS to a remote that closes cleanly on the ClientHello fails upgradeToSecure
+        with the reason and ends the socket; its descriptors are released."""
+        options = CA.issue("smtp.test").server_options()
+        port = await listen_starttls(self, options, CloseAtStartTLS)
+        manager = await self.manager()
+        baseline = open_sockets()
+        socket = await manager.open(host="smtp.test", port=port)
+        received = Collect()
+        await socket.add_event_listener(DATA_EVENT, received)
+        await socket.send(b"STARTTLS\r\n")
+        errors: list[object] = []
+        closed: defer.Deferred[object] = defer.Deferred()
+        await socket.add_event_listener(ERROR_EVENT, errors.append)
+        await socket.add_event_listener(CLOSE_EVENT, closed.callback)
+        await received.until(b"220 go ahead\r\n")
+        upgrading = socket.upgrade_to_secure()
         with self.assertRaises(TcpSocketError) as caught:
-            await opening
-        self.assertIn("during the TLS handshake", str(caught.exception))
+            await upgrading
+        reason = "the remote closed the connection during the TLS handshake"
+        self.assertIn(reason, str(caught.exception))
+        await closed  # ERROR with the same reason, then CLOSE (protocol.md E)
+        self.assertEqual(len(errors), 1)
+        self.assertIn(reason, str(errors[0]))
+        await wait_until(lambda: open_sockets() == baseline)
 
     async def test_policy_applies(self) -> None:
         manager = await self.manager()

@@ -10,21 +10,17 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.interfaces import IOpenPolicy
-from tcpsocket.messages import (
-    Core,
+from tcpsocket.messages import Core, GetService, HasService, ObjectRef, encode_request
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import (
     Event,
-    GetService,
-    HasService,
     Method,
-    ObjectRef,
     Reply,
     SocketReply,
     decode_socket_reply,
     encode_method,
     encode_open,
-    encode_request,
     encode_send,
 )
 from tests.session_helpers import (

@@ -151,11 +151,13 @@ class StartTLSServer(LineReceiver):
             self.sendLine(b"250 clear: " + line)
 
 
-async def listen_starttls(test: Any, options: CertificateOptions) -> int:
-    """A :class:`StartTLSServer` on 127.0.0.1; returns its port."""
+async def listen_starttls(
+    test: Any, options: CertificateOptions, protocol: type[StartTLSServer] = StartTLSServer
+) -> int:
+    """A :class:`StartTLSServer` (or ``protocol``) on 127.0.0.1; returns its port."""
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
-    factory = Factory.forProtocol(StartTLSServer)
+    factory = Factory.forProtocol(protocol)
     factory.options = options  # type: ignore[attr-defined]
     port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
     test.addCleanup(port.stopListening)
@@ -170,9 +172,40 @@ class ResetOnHello(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
 
+class CloseOnHello(Protocol):
+    """Closes cleanly (a FIN, no reset) as soon as the client's ClientHello arrives."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class CloseAtOnce(Protocol):
+    """Closes cleanly as soon as it accepts, before the client's ClientHello is read."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class CloseAtStartTLS(StartTLSServer):
+    """Agrees to ``STARTTLS``, then closes cleanly when the ClientHello arrives."""
+
+    def lineReceived(self, line: bytes) -> None:
+        if line == b"STARTTLS":
+            self.sendLine(b"220 go ahead")
+            self.setRawMode()
+        else:
+            super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
 __all__ = [
     "TLS_NAMES",
     "TLS_RULES",
+    "CloseAtOnce",
+    "CloseAtStartTLS",
+    "CloseOnHello",
     "Issued",
     "ResetOnHello",
     "StartTLSServer",

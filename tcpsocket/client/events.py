@@ -7,7 +7,7 @@ from typing import Final, Generic, TypeVar
 
 from twisted.logger import Logger
 
-from tcpsocket.messages import Event
+from tcpsocket.services.tcpsocket.messages import Event
 
 __all__ = [
     "CLOSE_EVENT",

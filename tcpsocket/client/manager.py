@@ -13,8 +13,8 @@ from tcpsocket.client.errors import TcpSocketError
 from tcpsocket.client.events import EventConstants, Listeners, check_event
 from tcpsocket.client.session import Session
 from tcpsocket.client.socket import TcpSocket, reply_value
-from tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
-from tcpsocket.messages import SERVICE_NAME, Event, Method, encode_open
+from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
+from tcpsocket.services.tcpsocket.messages import SERVICE_NAME, Event, Method, encode_open
 
 __all__ = ["ManagerListener", "TcpSocketManager"]
 

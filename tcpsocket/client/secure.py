@@ -11,7 +11,6 @@ from tcpsocket.bincode import Buffer
 from tcpsocket.client.errors import TcpSocketError
 from tcpsocket.client.manager import TcpSocketManager, _address
 from tcpsocket.client.socket import TcpSocket, reply_value
-from tcpsocket.messages import Method, Reply, decode_socket_reply
 from tcpsocket.services.securesocket.messages import (
     SECURE_FINGERPRINT,
     SERVICE_NAME,
@@ -22,6 +21,7 @@ from tcpsocket.services.securesocket.messages import (
     encode_secure_open,
     encode_upgrade,
 )
+from tcpsocket.services.tcpsocket.messages import Method, Reply, decode_socket_reply
 
 __all__ = ["SecureTcpSocket", "SecureTcpSocketManager", "SocketInfo", "TlsInfo"]
 

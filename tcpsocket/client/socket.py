@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from tcpsocket.bincode import Buffer, DecodeError
 from tcpsocket.client.errors import ProtocolError, SessionClosed, TcpSocketError
 from tcpsocket.client.events import EventConstants, Listeners, check_event
-from tcpsocket.messages import (
+from tcpsocket.services.tcpsocket.messages import (
     EVENT_OF_REPLY,
     REPLIES,
     Event,

@@ -21,7 +21,7 @@ from tcpsocket.bincode import (
     encode_varint,
 )
 from tcpsocket.fingerprint import fingerprint
-from tcpsocket.messages import Method, SocketRequest, decode_socket_request
+from tcpsocket.services.tcpsocket.messages import Method, SocketRequest, decode_socket_request
 
 SERVICE_NAME: Final = "SecureTcpSocketManager"
 PERMISSION: Final = "tcp-socket"

@@ -17,7 +17,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpsocket import fastpath
-from tcpsocket.messages import REPLIES, SocketRequest, encode_reply
 from tcpsocket.remote import RemoteSocket, SocketError
 from tcpsocket.services.securesocket.messages import (
     SecureOpen,
@@ -30,6 +29,7 @@ from tcpsocket.services.securesocket.messages import (
     encode_upgrade_success,
 )
 from tcpsocket.services.securesocket.tls import client_creator, describe_tls_failure, tls_info
+from tcpsocket.services.tcpsocket.messages import REPLIES, SocketRequest, encode_reply
 from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
 
 __all__ = ["SecureRemoteSocket", "SecureSocketService", "TlsFailed"]

@@ -89,9 +89,13 @@ def client_creator(
     no_verify: frozenset[str] = frozenset(),
 ) -> VerifyingCreator | UnverifiedCreator:
     """The client TLS settings of one connection: verified against the system's trust
-    store (and ``ca_file``), for ``options.server_name`` or else ``host``; unverified only
-    for a name in the operator's ``no_verify``."""
-    if (options.server_name or host).lower().rstrip(".") in no_verify:
+    store (and ``ca_file``), for ``options.server_name`` or else ``host``.
+
+    Unverified only when the operator's ``no_verify`` lists the destination ``host`` (and
+    the name to check, if the client gave another): the exception belongs to a destination,
+    so a client cannot carry it to another host through ``serverName``."""
+    checked = (options.server_name or host).lower().rstrip(".")
+    if host.lower().rstrip(".") in no_verify and checked in no_verify:
         return UnverifiedCreator(host, options)
     return VerifyingCreator(host, options, ca_file)
 

@@ -1,12 +1,14 @@
 """TcpSocketManager, the first service plug-in: raw TCP client sockets (protocol.md A.5).
 
 Its messages are :mod:`tcpsocket.services.tcpsocket.messages`, its
-fingerprint :data:`tcpsocket.services.tcpsocket.fingerprint.TCPSOCKET_FINGERPRINT`.
+fingerprint :data:`tcpsocket.services.tcpsocket.fingerprint.TCPSOCKET_FINGERPRINT`
+(computed from its own signature list), its per-session object
+:class:`tcpsocket.services.tcpsocket.service.TcpSocketManagerService`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from zope.interface import implementer
 
@@ -19,9 +21,11 @@ from tcpsocket.services.tcpsocket.messages import (
     decode_socket_request,
     encode_reply,
 )
-from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
 
-__all__ = ["TCP_SOCKET_MANAGER", "TcpSocketManager", "TcpSocketManagerService"]
+if TYPE_CHECKING:
+    from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
+
+__all__ = ["TCP_SOCKET_MANAGER", "TcpSocketManager"]
 
 
 @implementer(IServiceFactory)
@@ -33,6 +37,10 @@ class TcpSocketManager:
     permission = PERMISSION
 
     def create(self, session: Any, service_id: int) -> TcpSocketManagerService:
+        # Imported here: the service needs tcpsocket.remote, which needs these
+        # messages, so loading it with the package would make an import cycle.
+        from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
+
         return TcpSocketManagerService(session, service_id)
 
     def reject(

@@ -21,7 +21,11 @@ from zope.interface import implementer
 from tcpsocket.budgets import Budgets
 from tcpsocket.config import ServerConfig
 from tcpsocket.interfaces import IAddressPolicy
-from tcpsocket.messages import (
+from tcpsocket.policy import Address, default_denial, parse_address
+from tcpsocket.remote import RemoteSocket, SocketError, SocketOwner, describe_failure
+from tcpsocket.resolve import CheckedNames, LookupRefused
+from tcpsocket.services import ISessionService
+from tcpsocket.services.tcpsocket.messages import (
     REPLIES,
     Event,
     Method,
@@ -32,10 +36,6 @@ from tcpsocket.messages import (
     encode_reply,
     encode_send_success,
 )
-from tcpsocket.policy import Address, default_denial, parse_address
-from tcpsocket.remote import RemoteSocket, SocketError, SocketOwner, describe_failure
-from tcpsocket.resolve import CheckedNames, LookupRefused
-from tcpsocket.services import ISessionService
 from tcpsocket.tracking import ConnectionSet
 
 __all__ = ["SessionLink", "TcpSocketManagerService", "check_address"]
