@@ -78,9 +78,18 @@ class HangupReload(Service):
         self._reactor = reactor
         self._previous: Any = None
 
+    def privilegedStartService(self) -> None:
+        # Under twistd this runs as the listeners start, long before startService (at
+        # reactor start-up): a SIGHUP in between must reload, not end the process.
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
-        if hasattr(signal, "SIGHUP"):  # not on Windows
+        self._install()
+
+    def _install(self) -> None:
+        if self._previous is None and hasattr(signal, "SIGHUP"):  # not on Windows
             self._previous = signal.signal(signal.SIGHUP, self._on_signal)
 
     def stopService(self) -> None:

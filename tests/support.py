@@ -23,6 +23,7 @@ from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
+from tcpsocket._private import cancel_autobahn_timers, use_reactor_timers
 from tcpsocket.config import ServerConfig
 from tcpsocket.policy import DestinationPolicy
 from tcpsocket.site import build_site
@@ -319,6 +320,9 @@ class RawClient(WebSocketClientProtocol):  # type: ignore[misc]
             self.messages.append(message)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Autobahn leaves its timers armed when a connection is dropped: a test must not
+        # end with them pending (see tcpsocket._private).
+        cancel_autobahn_timers(self)
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(reason))
             return
@@ -349,6 +353,8 @@ async def raw_client_on(
 ) -> RawClient:
     """A raw client connected through any client endpoint; dropped at test cleanup."""
     factory = WebSocketClientFactory(url, origin=origin)
+    # Timers on this reactor, which a cancel really cancels (Autobahn's own are batched).
+    use_reactor_timers(factory, reactor)
     factory.protocol = RawClient
     factory.opened = defer.Deferred()
     await endpoint.connect(factory)

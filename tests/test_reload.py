@@ -160,6 +160,28 @@ class HangupReloadServiceTests(SynchronousTestCase):
         self.assertTrue(service.reload())
         self.assertEqual(applied, [fresh])
 
+    def test_handler_installed_with_the_listeners(self) -> None:
+        """Under twistd, listeners start in privilegedStartService, well before startService:
+        a SIGHUP then must already reload (the default action would end the daemon)."""
+        calls: list[Any] = []
+
+        class Clock:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                calls.append(f)
+
+        service = HangupReload(test_config, lambda _: None, Clock())
+        previous = signal.getsignal(signal.SIGHUP)
+        service.privilegedStartService()
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            self.assertEqual(calls, [service.reload])
+            service.startService()  # installs nothing twice
+            os.kill(os.getpid(), signal.SIGHUP)
+            self.assertEqual(calls, [service.reload, service.reload])
+        finally:
+            service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), previous)
+
     def test_a_failed_parse_applies_nothing(self) -> None:
         applied: list[Any] = []
 
