@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpsocket._private import use_reactor_timers
 from tcpsocket.messages import (
     Core,
     GetService,
@@ -485,6 +486,7 @@ async def listen_small(
 async def raw_client_small(test: Any, port: int, rcvbuf: int = SMALL_BUFFER) -> RawClient:
     """A raw client whose socket has a small fixed kernel receive buffer from the start."""
     factory = WebSocketClientFactory(f"ws://127.0.0.1:{port}/ws")
+    use_reactor_timers(factory, reactor)  # as raw_client_on does
     factory.protocol = RawClient
     factory.opened = defer.Deferred()
     with stdlib_socket.socket() as sock:

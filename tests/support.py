@@ -268,14 +268,17 @@ async def listen_remote_port(
     factory = RemoteFactory(protocol, payload)
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     port = await endpoint_type(reactor, 0, interface=interface).listen(factory)
-    test.addCleanup(port.stopListening)
 
-    async def drop_connections() -> None:
-        for connection in list(factory.connections):
+    async def stop() -> None:
+        # Stop accepting first: a connection still in the backlog would otherwise be
+        # accepted while the others are dropped, and outlive the test.
+        await port.stopListening()
+        while factory.connections:
+            connection = factory.connections[0]
             connection.transport.abortConnection()  # type: ignore[union-attr]
             await connection.lost
 
-    test.addCleanup(lambda: defer.ensureDeferred(drop_connections()))
+    test.addCleanup(lambda: defer.ensureDeferred(stop()))
     return factory, port
 
 
