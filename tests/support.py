@@ -272,7 +272,7 @@ async def listen_remote_port(
     async def stop() -> None:
         # Stop accepting first: a connection still in the backlog would otherwise be
         # accepted while the others are dropped, and outlive the test.
-        await port.stopListening()
+        await defer.maybeDeferred(port.stopListening)  # None if the test stopped it already
         while factory.connections:
             connection = factory.connections[0]
             connection.transport.abortConnection()  # type: ignore[union-attr]
