@@ -362,8 +362,10 @@ class BrowserFlowTests(harness.BrowserTestCase):
         # Per session: its buffer, plus the one read in progress when it filled (when the
         # transport's buffer can be read at all: it is Twisted's internals).
         (session,) = self.site.session_factory.sessions
+        # (Writes go straight to the kernel when Twisted's buffer is empty, tcpsocket.fastpath:
+        # that buffer fills only once the kernel's is full, which a page that keeps up may
+        # never cause, so only the bound is checked, not that the buffer was ever used.)
         if transport_buffered(session.transport) is not None:
-            self.assertGreater(sampler.max["session_buffer"], 0, sampler.max)
             self.assertLessEqual(
                 sampler.max["session_buffer"], config.session_buffer + hwm + FRAMING, sampler.max
             )
