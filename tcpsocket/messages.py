@@ -257,39 +257,14 @@ def decode_core_response(content: Buffer) -> CoreResponse:
     raise DecodeError(f"unknown core response {tag}")
 
 
-#: TcpSocketManager names that lived here before services were plug-ins; they
-#: now live in :mod:`tcpsocket.services.tcpsocket.messages` and are found there
-#: lazily, so old imports keep working without an import cycle.
-_MOVED: Final = frozenset(
-    {
-        "EVENT_OF_REPLY",
-        "PERMISSION",
-        "REPLIES",
-        "SERVICE_NAME",
-        "Event",
-        "Method",
-        "Reply",
-        "SocketReply",
-        "SocketRequest",
-        "data_event_head",
-        "decode_socket_reply",
-        "decode_socket_request",
-        "encode_data_event",
-        "encode_drain_event",
-        "encode_error_event",
-        "encode_method",
-        "encode_open",
-        "encode_open_success",
-        "encode_reply",
-        "encode_send",
-        "encode_send_success",
-    }
-)
-
-
 def __getattr__(name: str) -> object:
-    if name in _MOVED:
-        from tcpsocket.services.tcpsocket import messages
+    """TcpSocketManager's names, which lived here before services were plug-ins.
 
+    They live in :mod:`tcpsocket.services.tcpsocket.messages` (its ``__all__``) and are
+    found there lazily, so old imports keep working without an import cycle.
+    """
+    from tcpsocket.services.tcpsocket import messages
+
+    if name in messages.__all__:
         return getattr(messages, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
