@@ -12,9 +12,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from tcpsocket.bincode import DecodeError
 from tcpsocket.client import (
     CLOSE_EVENT,
     DATA_EVENT,
@@ -26,7 +27,15 @@ from tcpsocket.client import (
     TcpSocketManager,
 )
 from tcpsocket.policy import DestinationPolicy
-from tcpsocket.services.securesocket.messages import SECURE_FINGERPRINT, SECURE_SIGNATURE
+from tcpsocket.services import default_services
+from tcpsocket.services.securesocket.messages import (
+    SECURE_FINGERPRINT,
+    SECURE_SIGNATURE,
+    encode_secure_open,
+    encode_upgrade,
+    encode_upgrade_error,
+)
+from tcpsocket.services.tcpsocket.messages import Reply, encode_reply
 from tests.support import TOKEN, Echo, open_sockets, start_daemon, temp_dir, wait_until
 from tests.tls_support import (
     TLS_NAMES,
@@ -441,3 +450,28 @@ class DocTests(TestCase):
         vector = encode_secure_open("imap.test", 993, use_secure_transport=True, alpn=("imap",))
         self.assertIn(vector.hex(" "), section)
         self.assertIn(encode_upgrade().hex(" "), section)
+
+
+class RejectTests(SynchronousTestCase):
+    """A request to a service id without an instance: the error variant of its service."""
+
+    def reject(self, content: bytes) -> list[tuple[int, int, int, bytes]]:
+        sent: list[tuple[int, int, int, bytes]] = []
+
+        class Session:
+            def send_response(self, service: int, obj: int, request: int, data: bytes) -> None:
+                sent.append((service, obj, request, data))
+
+        default_services().reject(Session(), 5, 2, 7, memoryview(content), "unknown service 5")
+        return sent
+
+    def test_upgrade_gets_the_upgrade_error(self) -> None:
+        sent = self.reject(encode_upgrade("imap.example.org"))
+        self.assertEqual(sent, [(5, 2, 7, encode_upgrade_error("unknown service 5"))])
+
+    def test_socket_request_gets_its_error_reply(self) -> None:
+        sent = self.reject(encode_secure_open("imap.example.org", 993, use_secure_transport=True))
+        self.assertEqual(sent, [(5, 2, 7, encode_reply(Reply.OPEN_ERROR, "unknown service 5"))])
+
+    def test_no_request_of_any_service_is_a_decode_error(self) -> None:
+        self.assertRaises(DecodeError, self.reject, b"\xff\xff\xff\xff")

@@ -12,11 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from zope.interface import Attribute, Interface, verify
+from zope.interface import Attribute, Interface, implementer, verify
 
 from tcpsocket.bincode import DecodeError
 
-__all__ = ["IServiceFactory", "ISessionService", "ServiceRegistry", "default_services"]
+__all__ = [
+    "IServiceFactory",
+    "ISessionService",
+    "ServiceFactory",
+    "ServiceRegistry",
+    "default_services",
+]
 
 
 class IServiceFactory(Interface):
@@ -73,6 +79,41 @@ class ISessionService(Interface):
 
     def stop(by: str = "the client") -> None:
         """The session (or the service) is gone: release everything; ``by`` says who ended it."""
+
+
+@implementer(IServiceFactory)
+class ServiceFactory:
+    """A base for service factories: :meth:`reject` sends what :meth:`error_response` says.
+
+    A subclass gives ``name``, ``fingerprint``, ``permission``, :meth:`create` and
+    :meth:`error_response`.
+    """
+
+    name: str
+    fingerprint: str
+    permission: str
+
+    def create(self, session: Any, service_id: int) -> Any:
+        raise NotImplementedError
+
+    def error_response(self, content: memoryview, reason: str) -> bytes:
+        """The error variant of the request ``content``, with ``reason``.
+
+        Raise :class:`tcpsocket.bincode.DecodeError` if ``content`` is no request of this service.
+        """
+        raise NotImplementedError
+
+    def reject(
+        self,
+        session: Any,
+        service_id: int,
+        object_id: int,
+        request_id: int,
+        content: memoryview,
+        reason: str,
+    ) -> None:
+        answer = self.error_response(content, reason)
+        session.send_response(service_id, object_id, request_id, answer)
 
 
 class ServiceRegistry(Mapping[str, Any]):

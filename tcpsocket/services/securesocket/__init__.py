@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from zope.interface import implementer
-
-from tcpsocket.services import IServiceFactory
+from tcpsocket.services import ServiceFactory
 from tcpsocket.services.securesocket.messages import (
     PERMISSION,
     SECURE_FINGERPRINT,
     SECURE_SIGNATURE,
     SERVICE_NAME,
+    UpgradeRequest,
+    decode_secure_request,
+    encode_upgrade_error,
 )
+from tcpsocket.services.tcpsocket.messages import REPLIES, encode_reply
 
 if TYPE_CHECKING:
     from tcpsocket.services.securesocket.service import SecureSocketService
@@ -25,8 +27,7 @@ __all__ = [
 ]
 
 
-@implementer(IServiceFactory)
-class SecureTcpSocketManager:
+class SecureTcpSocketManager(ServiceFactory):
     """Makes a :class:`~tcpsocket.services.securesocket.service.SecureSocketService` per
     GetService (imported when first needed: clients import this package's messages)."""
 
@@ -39,18 +40,11 @@ class SecureTcpSocketManager:
 
         return SecureSocketService(session, service_id)
 
-    def reject(
-        self,
-        session: Any,
-        service_id: int,
-        object_id: int,
-        request_id: int,
-        content: memoryview,
-        reason: str,
-    ) -> None:
-        from tcpsocket.services.securesocket.service import reject
-
-        reject(session, service_id, object_id, request_id, content, reason)
+    def error_response(self, content: memoryview, reason: str) -> bytes:
+        request = decode_secure_request(content)
+        if isinstance(request, UpgradeRequest):
+            return encode_upgrade_error(reason)
+        return encode_reply(REPLIES[request.method][1], reason)
 
 
 SECURE_TCP_SOCKET_MANAGER: Final = SecureTcpSocketManager()

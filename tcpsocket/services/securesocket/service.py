@@ -29,7 +29,6 @@ from tcpsocket.services.securesocket.messages import (
     encode_upgrade_success,
 )
 from tcpsocket.services.securesocket.tls import client_creator, describe_tls_failure, tls_info
-from tcpsocket.services.tcpsocket.messages import REPLIES, SocketRequest, encode_reply
 from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
 
 __all__ = ["SecureRemoteSocket", "SecureSocketService", "TlsFailed"]
@@ -180,16 +179,3 @@ def _server_name(host: str) -> str:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host.rstrip(".").lower()
-
-
-def reject(
-    session: Any, service_id: int, object_id: int, request_id: int, content: memoryview, reason: str
-) -> None:
-    """Answer a request to a service id without an instance with its error variant."""
-    request = decode_secure_request(content)
-    if isinstance(request, UpgradeRequest):
-        answer = encode_upgrade_error(reason)
-    else:
-        assert isinstance(request, SocketRequest)
-        answer = encode_reply(REPLIES[request.method][1], reason)
-    session.send_response(service_id, object_id, request_id, answer)

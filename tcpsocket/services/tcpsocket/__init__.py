@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from zope.interface import implementer
-
-from tcpsocket.services import IServiceFactory
+from tcpsocket.services import ServiceFactory
 from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 from tcpsocket.services.tcpsocket.messages import (
     PERMISSION,
@@ -28,8 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["TCP_SOCKET_MANAGER", "TcpSocketManager"]
 
 
-@implementer(IServiceFactory)
-class TcpSocketManager:
+class TcpSocketManager(ServiceFactory):
     """Makes a :class:`TcpSocketManagerService` per GetService."""
 
     name = SERVICE_NAME
@@ -43,18 +40,9 @@ class TcpSocketManager:
 
         return TcpSocketManagerService(session, service_id)
 
-    def reject(
-        self,
-        session: Any,
-        service_id: int,
-        object_id: int,
-        request_id: int,
-        content: memoryview,
-        reason: str,
-    ) -> None:
+    def error_response(self, content: memoryview, reason: str) -> bytes:
         request = decode_socket_request(content)
-        answer = encode_reply(REPLIES[request.method][1], reason)
-        session.send_response(service_id, object_id, request_id, answer)
+        return encode_reply(REPLIES[request.method][1], reason)
 
 
 TCP_SOCKET_MANAGER: Final = TcpSocketManager()
