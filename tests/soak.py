@@ -27,7 +27,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 
 from tcpsocket.services.tcpsocket.messages import Event, Reply
 from tests.session_helpers import KiB, MiB, SessionClient, manager
-from tests.support import Remote, listen_remote, raw_client_on
+from tests.support import Remote, listen_remote, raw_client_on, start_twistd
 
 #: Bytes a socket may have in flight (sent, not yet echoed back).
 WINDOW = 128 * KiB
@@ -218,8 +218,6 @@ def rss_flat(figures: dict[str, Any]) -> bool:
 
 
 async def run_against_twistd(test: Any, seconds: float, **sizes: Any) -> dict[str, Any]:
-    from tests.twistd_helpers import start_twistd
-
     raise_nofile()
     process, _, path = await start_twistd(test, "--max-sockets-per-session", "1024")
     return await soak(test, path, process.pid, seconds, **sizes)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from autobahn.twisted.websocket import (
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IHostnameResolver, IHostResolution
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import globalLogPublisher
 from twisted.protocols.basic import LineReceiver
@@ -382,6 +384,7 @@ def drop_at_cleanup(test: Any, client: RawClient) -> None:
 ROOT = Path(__file__).parent.parent
 #: Runs ``twistd`` from the source tree (the in-tree plugin, this worktree's code).
 TWISTD_CODE = "from twisted.scripts.twistd import run; run()"
+TWISTD = (sys.executable, "-c", TWISTD_CODE)
 
 
 class ProcessOutput(ProcessProtocol):
@@ -390,6 +393,12 @@ class ProcessOutput(ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""
         self.ended: defer.Deferred[None] = defer.Deferred()
+
+    @property
+    def process(self) -> IProcessTransport:
+        """The process this collects from."""
+        assert self.transport is not None
+        return self.transport
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
@@ -400,31 +409,75 @@ class ProcessOutput(ProcessProtocol):
         self.ended.callback(None)
 
 
-async def start_twistd(
-    test: Any, port: int, *options: str, nofile: int | None = None
+def spawn_process(
+    test: Any,
+    argv: Sequence[str],
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    stop: int = signal.SIGTERM,
 ) -> ProcessOutput:
-    """Run ``twistd -n tcpsocket --listen tcp:PORT:interface=127.0.0.1 OPTIONS`` until cleanup.
+    """Run ``argv`` (a daemon), collecting its output; sent ``stop`` at cleanup if still running.
 
-    With ``nofile``, the process runs under that open files limit (soft and hard).
-    Returns once it listens.
+    Its environment is ``env``, or this one with this checkout first on the path and no token.
+    """
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("WS_RUNTIME_TOKEN", None)
+    collect = ProcessOutput()
+    reactor.spawnProcess(collect, argv[0], list(argv), env=env, path=str(cwd))  # type: ignore[attr-defined]
+
+    async def end() -> None:
+        if not collect.ended.called:
+            collect.process.signalProcess(stop)
+            await collect.ended
+
+    test.addCleanup(lambda: defer.ensureDeferred(end()))
+    return collect
+
+
+async def start_twistd(
+    test: Any,
+    *options: str,
+    port: int | None = None,
+    token: str | None = TOKEN,
+    allow: str | None = "127.0.0.1:*",
+    twistd: tuple[str, ...] = (),
+    nofile: int | None = None,
+    environ: dict[str, str] | None = None,
+) -> tuple[IProcessTransport, ProcessOutput, str]:
+    """Run ``twistd -n TWISTD tcpsocket OPTIONS`` until test cleanup (killed if still running).
+
+    It listens on ``port`` of 127.0.0.1, or else on a UNIX socket in a fresh directory; with
+    ``--allow allow`` (before ``options``) and ``--token token`` unless they are None.
+    ``twistd`` options (such as ``--logfile``) go before the ``tcpsocket`` command.  The
+    environment is this one with ``environ`` added, and no ``WS_RUNTIME_TOKEN`` unless
+    ``environ`` gives one.  With ``nofile``, the process runs under that open files limit
+    (soft and hard).
+
+    Returns once it listens: the process, its collected output and the socket's path
+    (empty on a port).
     """
     code = TWISTD_CODE
     if nofile is not None:
         limit = f"({nofile}, {nofile})"
         code = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, {limit}); {code}"
-    args = [sys.executable, "-c", code, "-n", "--pidfile=", "tcpsocket"]
-    args += ["--listen", f"tcp:{port}:interface=127.0.0.1", *options]
-    collect = ProcessOutput()
-    process = reactor.spawnProcess(  # type: ignore[attr-defined]
-        collect, sys.executable, args, env=dict(os.environ), path=str(ROOT)
-    )
+    path = "" if port is not None else str(temp_dir(test) / "daemon.sock")
+    listen = f"tcp:{port}:interface=127.0.0.1" if port is not None else f"unix:{path}"
+    args = [sys.executable, "-c", code, "-n", "--pidfile=", *twistd, "tcpsocket"]
+    args += ["--listen", listen]
+    if allow is not None:
+        args += ["--allow", allow]
+    args += options
+    if token is not None:
+        args += ["--token", token]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("WS_RUNTIME_TOKEN", None)
+    env.update(environ or {})
+    collect = spawn_process(test, args, env=env, stop=signal.SIGKILL)
 
-    async def stop() -> None:
-        if not collect.ended.called:
-            process.signalProcess("KILL")
-            await collect.ended
+    def listening() -> bool:
+        return os.path.exists(path) if path else b"starting on" in collect.output
 
-    test.addCleanup(lambda: defer.ensureDeferred(stop()))
-    await wait_until(lambda: b"starting on" in collect.output or collect.ended.called, 30)
+    await wait_until(lambda: listening() or collect.ended.called, timeout=30)
     assert not collect.ended.called, collect.output.decode()
-    return collect
+    return collect.process, collect, path

@@ -32,7 +32,6 @@ from tests.session_helpers import (
     shrink_send_buffer_of,
 )
 from tests.support import (
-    TOKEN,
     Echo,
     NameTable,
     listen_remote,
@@ -232,8 +231,9 @@ class NofileTests(TestCase):
         """
         _, remote_port = await listen_remote(self, Echo)
         number = free_port()
-        options = ["--token", TOKEN, "--allow", "127.0.0.1:*", "--max-sockets-per-session", "256"]
-        collect = await start_twistd(self, number, *options, nofile=1024)
+        _, collect, _ = await start_twistd(
+            self, "--max-sockets-per-session", "256", port=number, nofile=1024
+        )
         budgets = Budgets(ServerConfig(tokens=TokenStore()), reactor, nofile=1024)
         sessions, limit = budgets.max_sessions, budgets.max_sockets
         self.assertEqual((sessions, limit), (224, 672))

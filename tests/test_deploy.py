@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import configparser
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, ssl
@@ -20,10 +17,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.client import DATA_EVENT, Session, TcpSocketManager
 from tests import support
-from tests.support import Echo, listen_remote, start_daemon, temp_dir, wait_until
-from tests.test_operations import TWISTD
+from tests.support import (
+    ROOT,
+    TWISTD,
+    Echo,
+    listen_remote,
+    spawn_process,
+    start_daemon,
+    temp_dir,
+    wait_until,
+)
 
-ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 TOKEN = "deploy-test-token"
 
@@ -92,31 +96,6 @@ class SystemdTests(TestCase):
         self.assertTrue(closed[0]["remote"].startswith("127.0.0.1:"))
         self.assertEqual((closed[0]["sent"], closed[0]["received"]), (22, 22))
         self.assertIsNone(closed[0]["reason"])
-
-
-def spawn_process(test: Any, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
-    """Run ``argv`` (a daemon), collecting its output; stopped at cleanup.
-
-    Its environment is ``env``, or this one with this checkout first on the path and no token.
-    """
-    if env is None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        env.pop("WS_RUNTIME_TOKEN", None)
-    from tests.support import ProcessOutput
-
-    collect = ProcessOutput()
-    process = reactor.spawnProcess(collect, argv[0], argv, env=env, path=str(cwd))  # type: ignore[attr-defined]
-    collect.process = process  # type: ignore[attr-defined]
-
-    async def stop() -> None:
-        if not collect.ended.called:
-            process.signalProcess(signal.SIGTERM)
-            await collect.ended
-
-    from twisted.internet import defer
-
-    test.addCleanup(lambda: defer.ensureDeferred(stop()))
-    return collect
 
 
 async def connect_when_up(

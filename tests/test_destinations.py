@@ -335,7 +335,7 @@ class TwistdTests(TestCase):
     async def test_default_denies_loopback(self) -> None:
         factory, remote_port = await listen_remote(self, Echo)
         number = free_port()
-        await start_twistd(self, number, "--token", TOKEN)
+        await start_twistd(self, port=number, allow=None)
         client, service = await manager(self, number)
         for host in ("127.0.0.1", "0x7f.1", "::ffff:127.0.0.1", "localhost"):
             detail = await open_detail(client, service, host, remote_port)
@@ -347,7 +347,7 @@ class TwistdTests(TestCase):
         _, closed_port = await listen_remote(self, Echo)
         number = free_port()
         rules = ["--deny", f"127.0.0.1:{closed_port}", "--allow", "127.0.0.1:*"]
-        output = await start_twistd(self, number, "--token", TOKEN, *rules)
+        _, output, _ = await start_twistd(self, *rules, port=number, allow=None)
         client, service = await manager(self, number)
         await echo_once(self, client, service, "127.0.0.1", open_port)
         await echo_once(self, client, service, "2130706433", open_port)

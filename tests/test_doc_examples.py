@@ -28,20 +28,20 @@ from twisted.web.server import Site
 from tcpsocket.tap import Options
 from tcpsocket.tokens import load_tokens_file
 from tests.support import (
+    ROOT,
     TOKEN,
+    TWISTD,
     LineEcho,
     RemoteFactory,
+    spawn_process,
     start_daemon,
     temp_dir,
     to_loopback,
     wait_until,
 )
-from tests.test_deploy import spawn_process
 from tests.test_web import read_body
 
-ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "doc" / "examples"
-TWISTD_CMD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "doc").glob("*.md"))]
 #: Fenced blocks in these languages must be files; others (text, log lines, tables) need not.
 CODE_LANGUAGES = {"python", "py", "sh", "bash", "shell", "html", "js", "javascript", "toml", "json"}
@@ -145,7 +145,7 @@ class QuickstartTests(TestCase):
         twistd, *args = serve.split()[1:]
         self.assertEqual(twistd, ".venv/bin/twistd")
         args = [a for a in args if a != '"$@"']
-        twistd_cmd = " ".join(shlex.quote(a) for a in TWISTD_CMD)
+        twistd_cmd = " ".join(shlex.quote(a) for a in TWISTD)
         daemon = f"WS_RUNTIME_TOKEN=change-this-secret-token {twistd_cmd} {' '.join(args)}"
         script = (
             "ip link set lo up && "

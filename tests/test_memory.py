@@ -29,9 +29,9 @@ from tests.support import (
     listen_remote,
     raw_client_on,
     start_daemon,
+    start_twistd,
     wait_until,
 )
-from tests.twistd_helpers import start_twistd
 
 
 def tracking(cls: type, alive: list[weakref.ref[Any]]) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
@@ -23,10 +23,15 @@ from tcpsocket.jsonlog import event_as_json_line
 from tcpsocket.messages import encode_handshake
 from tcpsocket.tap import Options
 from tcpsocket.tokens import load_tokens_file
-from tests.support import ProcessOutput, raw_client_on, temp_dir, wait_until
-
-ROOT = Path(__file__).parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+from tests.support import (
+    ROOT,
+    TWISTD,
+    ProcessOutput,
+    raw_client_on,
+    spawn_process,
+    temp_dir,
+    wait_until,
+)
 
 
 def parse(*args: str, environ: dict[str, str] | None = None) -> Options:
@@ -174,20 +179,8 @@ class OptionErrorTests(SynchronousTestCase):
 
 def spawn_twistd(test: Any, args: list[str], cwd: Path, env: dict[str, str]) -> ProcessOutput:
     """Start ``twistd`` (this worktree's code), killed at cleanup if still running."""
-    collect = ProcessOutput()
     environment = dict(env, PYTHONPATH=str(ROOT))
-    process = reactor.spawnProcess(  # type: ignore[attr-defined]
-        collect, TWISTD[0], [*TWISTD, *args], env=environment, path=str(cwd)
-    )
-    collect.process = process  # type: ignore[attr-defined]
-
-    async def stop() -> None:
-        if not collect.ended.called:
-            process.signalProcess(signal.SIGKILL)
-            await collect.ended
-
-    test.addCleanup(lambda: defer.ensureDeferred(stop()))
-    return collect
+    return spawn_process(test, [*TWISTD, *args], cwd, environment, stop=signal.SIGKILL)
 
 
 async def run_twistd(*args: str, env: dict[str, str] | None = None) -> tuple[str, int]:
@@ -306,7 +299,7 @@ class TwistdProcessTests(TestCase):
         return daemon, path
 
     async def stop(self, daemon: ProcessOutput) -> None:
-        daemon.process.signalProcess(signal.SIGTERM)  # type: ignore[attr-defined]
+        daemon.process.signalProcess(signal.SIGTERM)
         await daemon.ended
 
     async def test_foreground_writes_no_pidfile_and_a_second_instance_runs(self) -> None:
@@ -329,7 +322,7 @@ class TwistdProcessTests(TestCase):
             env,
         )
         await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
-        self.assertEqual((cwd / "run.pid").read_text().strip(), str(daemon.process.pid))  # type: ignore[attr-defined]
+        self.assertEqual((cwd / "run.pid").read_text().strip(), str(daemon.process.pid))
         await self.stop(daemon)
 
     async def test_config_file(self) -> None:

@@ -23,11 +23,11 @@ from tests.support import (
     ProcessOutput,
     listen_remote,
     raw_client_on,
+    start_twistd,
     temp_dir,
     test_config,
     wait_until,
 )
-from tests.twistd_helpers import start_twistd
 
 
 class TokenStoreReplaceTests(SynchronousTestCase):

@@ -16,10 +16,9 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from tests.session_helpers import listen_small, session
-from tests.support import temp_dir, wait_until
-from tests.test_deploy import DEPLOY, free_port, spawn_process
+from tests.support import TWISTD, spawn_process, temp_dir, wait_until
+from tests.test_deploy import DEPLOY, free_port
 from tests.test_jwt import SECRET, mint, start_redis
-from tests.test_operations import TWISTD
 from tests.test_shutdown import ACCEPTED, SlowSink, send_accepted
 
 

@@ -31,11 +31,11 @@ from tests.support import (
     capture_logs,
     open_sockets,
     raw_client_on,
+    start_twistd,
     temp_dir,
     test_config,
     wait_until,
 )
-from tests.twistd_helpers import start_twistd
 
 ACCEPTED = 8 * MiB
 

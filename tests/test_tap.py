@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-from pathlib import Path
 from unittest import mock
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
@@ -21,10 +19,7 @@ from tcpsocket.policy import AllowList
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tap import Options, makeService
-from tests.support import ProcessOutput, raw_client_on, temp_dir, wait_until
-
-ROOT = Path(__file__).parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+from tests.support import ROOT, TWISTD, raw_client_on, start_twistd, temp_dir, wait_until
 
 
 def parse(*args: str, environ: dict[str, str] | None = None) -> Options:
@@ -314,25 +309,9 @@ class TwistdTests(TestCase):
         self.assertIn(b"WS_RUNTIME_TOKEN", out + err)
 
     async def test_daemon_serves_on_unix_socket_and_logs_sessions(self) -> None:
-        path = str(temp_dir(self) / "daemon.sock")
-        collect = ProcessOutput()
-        env = dict(os.environ, WS_RUNTIME_TOKEN="from-environment")
-        process = reactor.spawnProcess(  # type: ignore[attr-defined]
-            collect,
-            TWISTD[0],
-            [*TWISTD, "-n", "--pidfile=", "tcpsocket", "--listen", f"unix:{path}"],
-            env=env,
-            path=str(ROOT),
+        process, collect, path = await start_twistd(
+            self, token=None, allow=None, environ={"WS_RUNTIME_TOKEN": "from-environment"}
         )
-
-        async def stop() -> None:
-            if not collect.ended.called:
-                process.signalProcess(signal.SIGKILL)
-                await collect.ended
-
-        self.addCleanup(lambda: defer.ensureDeferred(stop()))
-        await wait_until(lambda: os.path.exists(path) or collect.ended.called, timeout=30)
-        self.assertFalse(collect.ended.called, collect.output.decode())
 
         client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
         client.send(encode_handshake("from-environment"))

@@ -15,17 +15,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.config import ServerConfig
 from tcpsocket.tokens import Token, TokenStore
 from tcpsocket.workers import add_metrics, divide_budgets, tcp_listen_address
 from tests.session_helpers import listen_small, manager, session
-from tests.support import TOKEN, ProcessOutput, raw_client, temp_dir, wait_until
+from tests.support import TOKEN, TWISTD, raw_client, spawn_process, temp_dir, wait_until
 from tests.test_deploy import free_port
 from tests.test_shutdown import ACCEPTED, SlowSink, send_accepted
-from tests.test_tap import ROOT, TWISTD
 from tests.test_web import read_body
 
 ONCE = "single-use-token-0123456789"
@@ -46,24 +45,17 @@ class Daemon:
         args += ["--listen", f"tcp:{self.port}:interface=127.0.0.1", "--allow", "127.0.0.1:*"]
         args += ["--metrics-listen", f"tcp:{self.metrics_port}:interface=127.0.0.1"]
         args += ["--tokens-file", str(self.tokens_file), *options]
-        env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
-        env["PYTHONPATH"] = str(ROOT)
-        self.collect = ProcessOutput()
-        self.process = reactor.spawnProcess(  # type: ignore[attr-defined]
-            self.collect, TWISTD[0], args, env=env, path=str(ROOT)
-        )
 
-        async def kill() -> None:
-            if not self.collect.ended.called:
-                self.process.signalProcess(signal.SIGKILL)
-                await self.collect.ended
+        def kill_workers() -> None:
             for pid in self.pids().values():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 
-        test.addCleanup(lambda: defer.ensureDeferred(kill()))
+        test.addCleanup(kill_workers)  # cleanups run last first: after the parent is killed
+        self.collect = spawn_process(test, args, stop=signal.SIGKILL)
+        self.process = self.collect.process
         self.count = workers
 
     def write_tokens(self, entries: list[dict[str, Any]]) -> None:
