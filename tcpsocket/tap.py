@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
@@ -48,48 +48,37 @@ _NO_TOKEN = (
 )
 
 
+_N = TypeVar("_N", int, float)
+
 #: twistd's default pid file, which ``-n`` drops (see :meth:`Options.postOptions`).
 _TWISTD_DEFAULT_PIDFILE = "twistd.pid"
 
 
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError("must be positive")
-    return number
+def _checked(
+    parse: Callable[[str], _N], what: str, allowed: Callable[[_N], bool], rule: str
+) -> Callable[[str], _N]:
+    """An option's coercion: ``parse`` the value (or it "is not ``what``"), then ``allowed``
+    (or the error is ``rule``)."""
+
+    def coerce(value: str) -> _N:
+        try:
+            number = parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not {what}") from None
+        if not allowed(number):
+            raise ValueError(rule)
+        return number
+
+    return coerce
 
 
-def _non_negative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number") from None
-    if not 0 <= number < float("inf"):
-        raise ValueError("must not be negative")
-    return number
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise ValueError("must be at least 1")
-    return number
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a whole number") from None
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
+_INFINITY = float("inf")
+_positive_float = _checked(float, "a number", lambda n: 0 < n < _INFINITY, "must be positive")
+_non_negative_float = _checked(
+    float, "a number", lambda n: 0 <= n < _INFINITY, "must not be negative"
+)
+_positive_int = _checked(int, "a whole number", lambda n: n >= 1, "must be at least 1")
+_non_negative_int = _checked(int, "a whole number", lambda n: n >= 0, "must not be negative")
 
 
 class Options(usage.Options):
