@@ -18,7 +18,12 @@ from autobahn.twisted.websocket import (
 )
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import globalLogPublisher
@@ -27,6 +32,7 @@ from zope.interface import implementer
 
 from tcpsocket._private import cancel_autobahn_timers, use_reactor_timers
 from tcpsocket.config import ServerConfig
+from tcpsocket.messages import encode_handshake
 from tcpsocket.policy import DestinationPolicy
 from tcpsocket.site import build_site
 from tcpsocket.tokens import Token, TokenStore
@@ -481,3 +487,14 @@ async def start_twistd(
     await wait_until(lambda: listening() or collect.ended.called, timeout=30)
     assert not collect.ended.called, collect.output.decode()
     return collect.process, collect, path
+
+
+async def one_session(test: Any, path: str, token: str, output: ProcessOutput) -> None:
+    """A session on the daemon's UNIX socket ``path``: ``token`` is accepted, then the
+    client closes; returns once the daemon's ``output`` says the session ended."""
+    client = await raw_client_on(test, UNIXClientEndpoint(reactor, path))
+    client.send(encode_handshake(token))
+    test.assertEqual(await client.next(), b"\x01")
+    client.sendClose(1000, "done")
+    await client.closed
+    await wait_until(lambda: b"ended" in output.output, timeout=30)

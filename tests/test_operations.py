@@ -9,10 +9,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-from twisted.internet import reactor
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -20,25 +17,18 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import tcpsocket
 from tcpsocket.jsonlog import event_as_json_line
-from tcpsocket.messages import encode_handshake
 from tcpsocket.tap import Options
 from tcpsocket.tokens import load_tokens_file
 from tests.support import (
     ROOT,
     TWISTD,
     ProcessOutput,
-    raw_client_on,
+    one_session,
     spawn_process,
     temp_dir,
     wait_until,
 )
-
-
-def parse(*args: str, environ: dict[str, str] | None = None) -> Options:
-    options = Options()
-    with mock.patch.dict(os.environ, environ or {}, clear=True):
-        options.parseOptions(list(args))
-    return options
+from tests.test_tap import parse
 
 
 def write(test: Any, text: str, name: str = "tcpsocket.toml") -> str:
@@ -294,9 +284,12 @@ class TwistdProcessTests(TestCase):
         daemon = spawn_twistd(
             self, ["-n", "tcpsocket", "--listen", f"unix:{path}", *args], cwd, env
         )
+        await self.listening(daemon, path)
+        return daemon, path
+
+    async def listening(self, daemon: ProcessOutput, path: str) -> None:
         await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
         self.assertFalse(daemon.ended.called, daemon.output.decode())
-        return daemon, path
 
     async def stop(self, daemon: ProcessOutput) -> None:
         daemon.process.signalProcess(signal.SIGTERM)
@@ -321,7 +314,7 @@ class TwistdProcessTests(TestCase):
             cwd,
             env,
         )
-        await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
+        await self.listening(daemon, path)
         self.assertEqual((cwd / "run.pid").read_text().strip(), str(daemon.process.pid))
         await self.stop(daemon)
 
@@ -334,14 +327,8 @@ class TwistdProcessTests(TestCase):
         env = {k: v for k, v in os.environ.items() if k != "WS_RUNTIME_TOKEN"}
         args = ["-n", "tcpsocket", "--config", "tcpsocket.toml"]
         daemon = spawn_twistd(self, args, cwd, env)
-        await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
-        self.assertFalse(daemon.ended.called, daemon.output.decode())
-        client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client.send(encode_handshake("token-from-the-file"))
-        self.assertEqual(await client.next(), b"\x01")
-        client.sendClose(1000, "done")
-        await client.closed
-        await wait_until(lambda: b"ended" in daemon.output, timeout=30)
+        await self.listening(daemon, path)
+        await one_session(self, path, "token-from-the-file", daemon)
         await self.stop(daemon)
         lines = daemon.output.decode().splitlines()
         started = [json.loads(line) for line in lines if "started" in line]
@@ -350,12 +337,7 @@ class TwistdProcessTests(TestCase):
     async def test_json_logs(self) -> None:
         cwd = temp_dir(self)
         daemon, path = await self.start(cwd, "--json-logs")
-        client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client.send(encode_handshake("from-environment"))
-        self.assertEqual(await client.next(), b"\x01")
-        client.sendClose(1000, "done")
-        await client.closed
-        await wait_until(lambda: b"ended" in daemon.output, timeout=30)
+        await one_session(self, path, "from-environment", daemon)
         await self.stop(daemon)
         records = [json.loads(line) for line in daemon.output.decode().splitlines() if line]
         for record in records:

@@ -7,19 +7,16 @@ import os
 import signal
 from unittest import mock
 
-from twisted.internet import reactor
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.config import DEFAULT_LISTEN
-from tcpsocket.messages import encode_handshake
 from tcpsocket.policy import AllowList
 from tcpsocket.reload import HangupReload
 from tcpsocket.site import TcpSocketService
 from tcpsocket.tap import Options, makeService
-from tests.support import ROOT, TWISTD, raw_client_on, start_twistd, temp_dir, wait_until
+from tests.support import ROOT, TWISTD, one_session, start_twistd, temp_dir
 
 
 def parse(*args: str, environ: dict[str, str] | None = None) -> Options:
@@ -313,13 +310,7 @@ class TwistdTests(TestCase):
             self, token=None, allow=None, environ={"WS_RUNTIME_TOKEN": "from-environment"}
         )
 
-        client = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client.send(encode_handshake("from-environment"))
-        self.assertEqual(await client.next(), b"\x01")
-        client.sendClose(1000, "done")
-        await client.closed
-
-        await wait_until(lambda: b"ended" in collect.output, timeout=30)
+        await one_session(self, path, "from-environment", collect)
         process.signalProcess(signal.SIGTERM)
         await collect.ended
         log = collect.output.decode()
