@@ -103,7 +103,7 @@ class ClientLog:
             budget.emit(self._log, level, format, **safe)
 
     def trace(self, format: str, **fields: Any) -> None:
-        pass
+        pass  # txaio's levels below info: Autobahn calls them, they are dropped
 
     def debug(self, format: str, **fields: Any) -> None:
         pass

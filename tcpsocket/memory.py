@@ -53,7 +53,7 @@ class HeapTrimmer:
         self._interval = interval
         self._trim = _malloc_trim()
         self._last = float("-inf")
-        #: How many times memory was given back (for tests and metrics).
+        #: How many times memory was given back.
         self.trims = 0
 
     def session_ended(self, sessions_left: int) -> None:

@@ -101,9 +101,6 @@ class Lookups:
             self._pool.stop()
             self._pool = None
 
-    def in_progress_for(self, owner: object) -> int:
-        return self._by_owner[owner]
-
     def lookup(self, owner: object, name: str, port: int) -> Deferred[list[str]]:
         """The addresses ``name`` resolves to; fails with :class:`LookupRefused`.
 

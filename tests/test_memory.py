@@ -16,8 +16,10 @@ from unittest import mock
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.trial.unittest import TestCase
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tcpsocket.memory import HeapTrimmer
 from tcpsocket.remote import RemoteSocket
 from tcpsocket.service import TcpSocketManagerService
 from tcpsocket.services.tcpsocket.messages import Event
@@ -147,3 +149,18 @@ class DaemonMemoryTests(TestCase):
         self.assertGreater(peak - baseline, 3 * RSS_BOUND_MIB * 1024, figures)  # a real load
         self.assertLessEqual(after - baseline, RSS_BOUND_MIB * 1024, figures)
         self.assertEqual(len(os.listdir(f"/proc/{pid}/fd")), fds)
+
+
+class HeapTrimmerTests(SynchronousTestCase):
+    def test_trims_when_none_is_left_else_once_per_interval(self) -> None:
+        clock = Clock()
+        trimmer = HeapTrimmer(clock, interval=10.0)
+        trimmed: list[int] = []
+        trimmer._trim = lambda pad: trimmed.append(pad) or 1
+        trimmer.session_ended(3)
+        trimmer.session_ended(2)  # within the interval: not again
+        self.assertEqual(trimmer.trims, 1)
+        trimmer.session_ended(0)  # the last one: always
+        clock.advance(10)
+        trimmer.session_ended(1)
+        self.assertEqual((trimmer.trims, trimmed), (3, [0, 0, 0]))
