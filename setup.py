@@ -19,7 +19,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tcpsocket", "tcpsocket.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["tcpsocket", "tcpsocket.*"]), "twisted.plugins"],
     package_data={
         "tcpsocket": ["py.typed", "static/*", "static/*/*"],
         "twisted": ["plugins/tcpsocket_plugin.py", "plugins/tcpsocket_endpoints.py"],
