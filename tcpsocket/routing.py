@@ -35,7 +35,7 @@ class ServiceRouter:
     """The services of one session, and the core service that manages them."""
 
     def __init__(self, session: Any) -> None:
-        #: The :class:`tcpsocket.service.SessionLink` the services talk to.
+        #: The :class:`tcpsocket.services.tcpsocket.service.SessionLink` the services talk to.
         self.session = session
         #: Live service instances by id.
         self.services: dict[int, Any] = {}

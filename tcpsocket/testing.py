@@ -73,7 +73,7 @@ from tcpsocket.client.session import Session
 from tcpsocket.config import ServerConfig
 from tcpsocket.policy import AllowAll, DestinationPolicy
 from tcpsocket.resolve import FixedResolver
-from tcpsocket.service import check_address
+from tcpsocket.services.tcpsocket.service import check_address
 from tcpsocket.session import SessionProtocol
 from tcpsocket.site import TcpSocketSite
 from tcpsocket.tokens import Token, TokenStore

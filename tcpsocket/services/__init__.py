@@ -34,8 +34,9 @@ class IServiceFactory(Interface):
 
     def create(session: Any, service_id: int) -> ISessionService:
         """
-        A new instance for ``session`` (a :class:`tcpsocket.service.SessionLink`),
-        answering as service ``service_id``.
+        A new instance for ``session`` (a
+        :class:`tcpsocket.services.tcpsocket.service.SessionLink`), answering as service
+        ``service_id``.
         """
 
     def reject(
