@@ -15,21 +15,19 @@ from typing import Any
 from unittest import mock
 
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.memory import HeapTrimmer
 from tcpsocket.remote import RemoteSocket
-from tcpsocket.service import TcpSocketManagerService
 from tcpsocket.services.tcpsocket.messages import Event
+from tcpsocket.services.tcpsocket.service import TcpSocketManagerService
 from tcpsocket.session import SessionProtocol
-from tests.session_helpers import MiB, manager, pattern
+from tests.session_helpers import MiB, manager, pattern, unix_manager
 from tests.support import (
     Echo,
     Reset,
     listen_remote,
-    raw_client_on,
     start_daemon,
     start_twistd,
     wait_until,
@@ -117,8 +115,7 @@ class DaemonMemoryTests(TestCase):
         pid = process.pid
 
         async def run_session(seed: int) -> None:
-            raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-            client, service = await manager(self, 0, raw=raw)
+            client, service = await unix_manager(self, path)
             ids = [
                 await client.open_ok(service, echo_port, events=(Event.DATA,))
                 for _ in range(sockets)
