@@ -20,6 +20,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet import defer, error, reactor
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -55,6 +56,7 @@ from tests.support import (
     listen_remote,
     listen_remote_port,
     raw_client,
+    raw_client_on,
 )
 
 KiB = 1024
@@ -295,6 +297,11 @@ async def manager(test: Any, port: int, raw: RawClient | None = None) -> tuple[S
     """A session with one TcpSocketManager; returns it and the service id."""
     client = await session(test, port, raw=raw)
     return client, await client.get_service()
+
+
+async def unix_manager(test: Any, path: str) -> tuple[SessionClient, int]:
+    """:func:`manager` over the daemon's UNIX socket ``path``."""
+    return await manager(test, 0, raw=await raw_client_on(test, UNIXClientEndpoint(reactor, path)))
 
 
 # -- remotes -------------------------------------------------------------------

@@ -291,20 +291,41 @@ class BrowserTestCase(unittest.TestCase):
 
     timeout = 120
 
+    async def listen(self, site: Any, number: int = 0) -> Any:
+        """Serve ``site`` on 127.0.0.1 port ``number`` (0: a free one) until cleanup.
+
+        Returns the listening port, which a test may stop before.
+        """
+        port = await TCP4ServerEndpoint(reactor, number, interface="127.0.0.1").listen(site)
+        self.addCleanup(lambda: port.stopListening() if port.connected else None)
+        track_connections(self, port)
+        return port
+
     async def start_daemon(self, **overrides: Any) -> tuple[Any, int]:
         site = build_site(daemon_config(**overrides))
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-        self.addCleanup(port.stopListening)
-        track_connections(self, port)
+        port = await self.listen(site)
         return site, port.getHost().port
 
     async def start_app(self) -> tuple[Pages, int]:
         pages = Pages()
-        site = Site(pages)
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-        self.addCleanup(port.stopListening)
-        track_connections(self, port)
+        port = await self.listen(Site(pages))
         return pages, port.getHost().port
+
+    async def restartable_daemon(self, number: int = 0) -> Any:
+        """A new daemon, ``self.site`` from now on, on ``number`` (0: a free port).
+
+        Returns its listening port, for :meth:`daemon_goes_away`.
+        """
+        self.site = build_site(daemon_config())
+        return await self.listen(self.site, number)
+
+    async def daemon_goes_away(self, port: Any) -> None:
+        """``port`` stops listening, and every session of ``self.site`` is dropped."""
+        await port.stopListening()
+        sessions = self.site.session_factory.sessions
+        for session in list(sessions):
+            session.transport.abortConnection()
+        await wait_until(lambda: not sessions)
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.site, self.port = await self.start_daemon()
@@ -656,23 +677,15 @@ class OpenFailureTests(BrowserTestCase):
 class ReconnectTests(BrowserTestCase):
     async def test_daemon_restart_under_lazy_reconnect(self) -> None:
         _echo, echo_port = await listen_remote(self, Echo)
-        first = build_site(daemon_config())
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(first)
+        listening = await self.restartable_daemon()
         number = listening.getHost().port
-        self.addCleanup(lambda: listening.stopListening() if listening.connected else None)
-        track_connections(self, listening)
-        self.site = first
         page = await self.harness_page(daemon_port=number)
         await self.js(page, "() => { T.open('localhost', 'change-this-secret-token', true); }")
         await self.wait_js(page, "() => T.connected === 1")
         self.assertEqual(await self.js(page, "() => T.getManager()"), {"ok": 1})
         index = await self.open_socket(page, echo_port, [1])
 
-        # The daemon goes away: stop listening, drop every connection.
-        await listening.stopListening()
-        for session in list(first.session_factory.sessions):
-            session.transport.abortConnection()
-        await wait_until(lambda: not first.session_factory.sessions)
+        await self.daemon_goes_away(listening)
         await self.wait_js(page, "() => T.disconnected === 1 && !T.session.connected")
         stale = await self.js(page, "(i) => T.call(i, 'send', 'x')", index)
         self.assertEqual(stale["error"]["reason"], "session_closed")
@@ -680,11 +693,7 @@ class ReconnectTests(BrowserTestCase):
         await self.wait_js(page, "() => T.connErrors.length >= 1")
 
         # It comes back on the same port; the session reconnects by itself.
-        second = build_site(daemon_config())
-        again = await TCP4ServerEndpoint(reactor, number, interface="127.0.0.1").listen(second)
-        self.addCleanup(again.stopListening)
-        track_connections(self, again)
-        self.site = second
+        await self.restartable_daemon(number)
         await self.wait_js(page, "() => T.connected === 2 && T.session.connected")
         stale = await self.js(page, "(i) => T.call(i, 'send', 'x')", index)
         self.assertEqual(

@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 
-from tcpsocket.site import build_site
 from tests.session_helpers import only
 from tests.support import TOKEN, Echo, RemoteFactory, listen_remote, wait_until
-from tests.support import test_config as daemon_config
-from tests.test_browser import HOST, BrowserTestCase, refused_port, track_connections
+from tests.test_browser import HOST, BrowserTestCase, refused_port
 
 # The app's own helpers, written against the original API only (`API` is what the page
 # loaded: the globals or the module exports). deepEquals behaves as api-daemon's testing.js
@@ -326,12 +324,8 @@ class AppScenarios(_Base):
 
     async def test_lazy_reconnect_retries_until_the_daemon_is_back(self) -> None:
         _echo, echo_port = await listen_remote(self, Echo)
-        first = build_site(daemon_config())
-        listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(first)
+        listening = await self.restartable_daemon()
         number = listening.getHost().port
-        self.addCleanup(lambda: listening.stopListening() if listening.connected else None)
-        track_connections(self, listening)
-        self.site = first
         page = await self.app_page()
         # The seed's pattern: get the manager in onsessionconnected, each time.
         await self.js(
@@ -350,21 +344,14 @@ class AppScenarios(_Base):
             "async (port) => { window.old = await managers[0].open({ host: '127.0.0.1', port }); }",
             echo_port,
         )
-        await listening.stopListening()
-        for session in list(first.session_factory.sessions):
-            session.transport.abortConnection()
-        await wait_until(lambda: not first.session_factory.sessions)
+        await self.daemon_goes_away(listening)
         await self.wait_js(page, "() => APP.disconnected === 1 && !APP.session.is_connected()")
         # More than one attempt fails while the daemon is away (the original stops at one).
         await self.wait_js(page, "() => APP.connErrors >= 2")
         stale = await self.js(page, "() => APP.settle(old.send(new Uint8Array([1])))")
         self.assertEqual(stale["error"]["reason"], "session_closed")
 
-        second = build_site(daemon_config())
-        again = await TCP4ServerEndpoint(reactor, number, interface="127.0.0.1").listen(second)
-        self.addCleanup(again.stopListening)
-        track_connections(self, again)
-        self.site = second
+        await self.restartable_daemon(number)
         await self.wait_js(page, "() => APP.connected === 2 && managers.length === 2")
         text = await self.js(
             page,

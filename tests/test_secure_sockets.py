@@ -75,19 +75,21 @@ class Collect:
         return done
 
 
-class SecureSocketTests(TestCase):
-    async def manager(self) -> SecureTcpSocketManager:
-        _, port = await start_daemon(
-            self,
-            tls_ca_file=CA.write(self),
-            resolver=TLS_NAMES,
-            policy=DestinationPolicy(TLS_RULES),
-        )
-        session = await Session.connect(f"ws://127.0.0.1:{port}/ws", TOKEN)
-        self.addCleanup(session.close)
-        manager: SecureTcpSocketManager = await SecureTcpSocketManager.get(session)
-        return manager
+async def secure_manager(test: Any) -> SecureTcpSocketManager:
+    """A SecureTcpSocketManager on a daemon that trusts the test CA and reaches *.test."""
+    _, port = await start_daemon(
+        test,
+        tls_ca_file=CA.write(test),
+        resolver=TLS_NAMES,
+        policy=DestinationPolicy(TLS_RULES),
+    )
+    session = await Session.connect(f"ws://127.0.0.1:{port}/ws", TOKEN)
+    test.addCleanup(session.close)
+    manager: SecureTcpSocketManager = await SecureTcpSocketManager.get(session)
+    return manager
 
+
+class SecureSocketTests(TestCase):
     def test_fingerprint(self) -> None:
         """Computed as protocol.md A.5 computes TcpSocketManager's."""
         digest = hashlib.sha256("".join(SECURE_SIGNATURE).encode()).digest()
@@ -97,7 +99,7 @@ class SecureSocketTests(TestCase):
         """IMAPS-style: TLS from the first byte, SNI and verification for the host, ALPN."""
         options = CA.issue("imap.test").server_options(acceptableProtocols=[b"imap"])
         port = await listen_tls(self, options, Echo)
-        manager = await self.manager()
+        manager = await secure_manager(self)
         socket = await manager.open(
             host="imap.test", port=port, use_secure_transport=True, alpn=["imap", "h2"]
         )
@@ -117,7 +119,7 @@ class SecureSocketTests(TestCase):
     async def test_plain_open_reports_addresses(self) -> None:
         options = CA.issue("imap.test").server_options()
         port = await listen_tls(self, options, Echo)
-        manager = await self.manager()
+        manager = await secure_manager(self)
         socket = await manager.open(host="127.0.0.1", port=port)
         self.assertFalse(socket.tls.secure)
         self.assertEqual(socket.tls.version, "")
@@ -126,7 +128,7 @@ class SecureSocketTests(TestCase):
     async def test_starttls(self) -> None:
         """SMTP-style: clear bytes before upgradeToSecure, encrypted after; DATA in order."""
         port = await listen_starttls(self, CA.issue("smtp.test").server_options())
-        manager = await self.manager()
+        manager = await secure_manager(self)
         socket = await manager.open(host="smtp.test", port=port)
         received = Collect()
         await socket.add_event_listener(DATA_EVENT, received)
@@ -148,7 +150,7 @@ class SecureSocketTests(TestCase):
 
     async def failure(self, options: object, host: str = "imap.test", **kw: object) -> str:
         port = await listen_tls(self, options, Echo)  # type: ignore[arg-type]
-        manager = await self.manager()
+        manager = await secure_manager(self)
         opening = manager.open(host=host, port=port, use_secure_transport=True, **kw)  # type: ignore[arg-type]
         with self.assertRaises(TcpSocketError) as caught:
             await opening
@@ -161,7 +163,7 @@ class SecureSocketTests(TestCase):
     async def test_server_name_option(self) -> None:
         """The name TLS checks can differ from the host (and SNI carries it)."""
         port = await listen_tls(self, CA.issue("other.test").server_options(), Echo)
-        manager = await self.manager()
+        manager = await secure_manager(self)
         socket = await manager.open(
             host="imap.test", port=port, use_secure_transport=True, server_name="other.test"
         )
@@ -213,7 +215,7 @@ class SecureSocketTests(TestCase):
 
     async def test_reset_during_handshake(self) -> None:
         port = await self.listen_plain(ResetOnHello)
-        manager = await self.manager()
+        manager = await secure_manager(self)
         opening = manager.open(host="imap.test", port=port, use_secure_transport=True)
         with self.assertRaises(TcpSocketError) as caught:
             await opening
@@ -235,7 +237,7 @@ class SecureSocketTests(TestCase):
     async def test_clean_close_during_handshake(self) -> None:
         """A remote that closes with a FIN (not a reset), before or after reading the
         ClientHello, fails the open with the reason; no socket is left behind."""
-        manager = await self.manager()
+        manager = await secure_manager(self)
         for protocol in (CloseAtOnce, CloseOnHello):
             port = await self.listen_plain(protocol)
             baseline = open_sockets()
@@ -254,7 +256,7 @@ class SecureSocketTests(TestCase):
         with the reason and ends the socket; its descriptors are released."""
         options = CA.issue("smtp.test").server_options()
         port = await listen_starttls(self, options, CloseAtStartTLS)
-        manager = await self.manager()
+        manager = await secure_manager(self)
         baseline = open_sockets()
         socket = await manager.open(host="smtp.test", port=port)
         received = Collect()
@@ -276,7 +278,7 @@ class SecureSocketTests(TestCase):
         await wait_until(lambda: open_sockets() == baseline)
 
     async def test_policy_applies(self) -> None:
-        manager = await self.manager()
+        manager = await secure_manager(self)
         opening = manager.open(host="10.1.2.3", port=993, use_secure_transport=True)
         with self.assertRaisesRegex(TcpSocketError, "not allowed"):
             await opening
@@ -284,7 +286,7 @@ class SecureSocketTests(TestCase):
     async def test_both_services_in_one_session(self) -> None:
         """The session routes by service id: plain and secure side by side."""
         port = await listen_tls(self, CA.issue("imap.test").server_options(), Echo)
-        secure = await self.manager()
+        secure = await secure_manager(self)
         plain = await TcpSocketManager.get(secure.session)
         self.assertNotEqual(plain.service_id, secure.service_id)
         self.assertTrue(await secure.session.has_service("SecureTcpSocketManager"))
@@ -353,15 +355,7 @@ class BulkTests(TestCase):
             factory
         )
         self.addCleanup(server.stopListening)
-        _, port = await start_daemon(
-            self,
-            tls_ca_file=CA.write(self),
-            resolver=TLS_NAMES,
-            policy=DestinationPolicy(TLS_RULES),
-        )
-        session = await Session.connect(f"ws://127.0.0.1:{port}/ws", TOKEN)
-        self.addCleanup(session.close)
-        manager = await SecureTcpSocketManager.get(session)
+        manager = await secure_manager(self)
         socket = await manager.open(
             host="imap.test", port=server.getHost().port, use_secure_transport=True
         )

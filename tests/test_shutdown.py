@@ -23,14 +23,13 @@ from tests.session_helpers import (
     MiB,
     PausedSink,
     listen_small,
-    manager,
     pattern,
     shrink_send_buffer,
+    unix_manager,
 )
 from tests.support import (
     capture_logs,
     open_sockets,
-    raw_client_on,
     start_twistd,
     temp_dir,
     test_config,
@@ -86,8 +85,7 @@ class EmbeddedShutdownTests(TestCase):
         fds = open_sockets()
         factory, remote_port = await listen_small(self, SlowSink)
         service, path = await self.start(close_timeout=60)
-        raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client, service_id = await manager(self, 0, raw=raw)
+        client, service_id = await unix_manager(self, path)
         socket_id = await client.open_ok(service_id, remote_port)
         # A small kernel buffer: the daemon itself holds what the remote has not read.
         shrink_send_buffer(service.site, service_id, socket_id)
@@ -117,8 +115,7 @@ class EmbeddedShutdownTests(TestCase):
         logs = capture_logs(self)
         _, remote_port = await listen_small(self, PausedSink)  # never reads
         service, path = await self.start(close_timeout=1)
-        raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client, service_id = await manager(self, 0, raw=raw)
+        client, service_id = await unix_manager(self, path)
         socket_id = await client.open_ok(service_id, remote_port)
         shrink_send_buffer(service.site, service_id, socket_id)
         await send_accepted(client, service_id, socket_id)
@@ -135,8 +132,7 @@ class EmbeddedShutdownTests(TestCase):
     async def test_new_sessions_are_refused_while_stopping(self) -> None:
         factory, remote_port = await listen_small(self, PausedSink)
         service, path = await self.start(close_timeout=60)
-        raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client, service_id = await manager(self, 0, raw=raw)
+        client, service_id = await unix_manager(self, path)
         socket_id = await client.open_ok(service_id, remote_port)
         shrink_send_buffer(service.site, service_id, socket_id)
         await send_accepted(client, service_id, socket_id)
@@ -168,8 +164,7 @@ class TwistdShutdownTests(TestCase):
     async def test_sigterm_mid_transfer_delivers_everything(self) -> None:
         factory, remote_port = await listen_small(self, SlowSink)
         process, collect, path = await start_twistd(self, "--close-timeout", "60")
-        raw = await raw_client_on(self, UNIXClientEndpoint(reactor, path))
-        client, service_id = await manager(self, 0, raw=raw)
+        client, service_id = await unix_manager(self, path)
         socket_id = await client.open_ok(service_id, remote_port)
         data = await send_accepted(client, service_id, socket_id)
         (sink,) = factory.connections
