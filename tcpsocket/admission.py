@@ -106,8 +106,6 @@ class PendingConnections:
         self.per_address = per_address
         self._all: dict[Hashable, Pending] = {}
         self._by_address: dict[str, dict[Hashable, Pending]] = {}
-        #: How many pending connections were dropped to make room.
-        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._all)
@@ -151,5 +149,4 @@ class PendingConnections:
     def _evict(self, key: Hashable) -> None:
         entry = self._all[key]
         self.release(key)
-        self.dropped += 1
         entry.drop()
