@@ -219,8 +219,8 @@ def rss_flat(figures: dict[str, Any]) -> bool:
 
 async def run_against_twistd(test: Any, seconds: float, **sizes: Any) -> dict[str, Any]:
     raise_nofile()
-    process, _, path = await start_twistd(test, "--max-sockets-per-session", "1024")
-    return await soak(test, path, process.pid, seconds, **sizes)
+    daemon, path = await start_twistd(test, "--max-sockets-per-session", "1024")
+    return await soak(test, path, daemon.process.pid, seconds, **sizes)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -415,6 +415,13 @@ class ProcessOutput(ProcessProtocol):
         self.ended.callback(None)
 
 
+def checkout_environment(**extra: str) -> dict[str, str]:
+    """This environment with this checkout first on the path and no token, plus ``extra``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("WS_RUNTIME_TOKEN", None)
+    return env | extra
+
+
 def spawn_process(
     test: Any,
     argv: Sequence[str],
@@ -424,11 +431,10 @@ def spawn_process(
 ) -> ProcessOutput:
     """Run ``argv`` (a daemon), collecting its output; sent ``stop`` at cleanup if still running.
 
-    Its environment is ``env``, or this one with this checkout first on the path and no token.
+    Its environment is ``env``, or else :func:`checkout_environment`.
     """
     if env is None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        env.pop("WS_RUNTIME_TOKEN", None)
+        env = checkout_environment()
     collect = ProcessOutput()
     reactor.spawnProcess(collect, argv[0], list(argv), env=env, path=str(cwd))  # type: ignore[attr-defined]
 
@@ -450,7 +456,7 @@ async def start_twistd(
     twistd: tuple[str, ...] = (),
     nofile: int | None = None,
     environ: dict[str, str] | None = None,
-) -> tuple[IProcessTransport, ProcessOutput, str]:
+) -> tuple[ProcessOutput, str]:
     """Run ``twistd -n TWISTD tcpsocket OPTIONS`` until test cleanup (killed if still running).
 
     It listens on ``port`` of 127.0.0.1, or else on a UNIX socket in a fresh directory; with
@@ -460,7 +466,7 @@ async def start_twistd(
     ``environ`` gives one.  With ``nofile``, the process runs under that open files limit
     (soft and hard).
 
-    Returns once it listens: the process, its collected output and the socket's path
+    Returns once it listens: its collected output (and process) and the socket's path
     (empty on a port).
     """
     code = TWISTD_CODE
@@ -476,9 +482,7 @@ async def start_twistd(
     args += options
     if token is not None:
         args += ["--token", token]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("WS_RUNTIME_TOKEN", None)
-    env.update(environ or {})
+    env = checkout_environment(**(environ or {}))
     collect = spawn_process(test, args, env=env, stop=signal.SIGKILL)
 
     def listening() -> bool:
@@ -486,7 +490,7 @@ async def start_twistd(
 
     await wait_until(lambda: listening() or collect.ended.called, timeout=30)
     assert not collect.ended.called, collect.output.decode()
-    return collect.process, collect, path
+    return collect, path
 
 
 async def one_session(test: Any, path: str, token: str, output: ProcessOutput) -> None:

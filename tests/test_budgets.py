@@ -231,7 +231,7 @@ class NofileTests(TestCase):
         """
         _, remote_port = await listen_remote(self, Echo)
         number = free_port()
-        _, collect, _ = await start_twistd(
+        collect, _ = await start_twistd(
             self, "--max-sockets-per-session", "256", port=number, nofile=1024
         )
         budgets = Budgets(ServerConfig(tokens=TokenStore()), reactor, nofile=1024)

@@ -347,7 +347,7 @@ class TwistdTests(TestCase):
         _, closed_port = await listen_remote(self, Echo)
         number = free_port()
         rules = ["--deny", f"127.0.0.1:{closed_port}", "--allow", "127.0.0.1:*"]
-        _, output, _ = await start_twistd(self, *rules, port=number, allow=None)
+        output, _ = await start_twistd(self, *rules, port=number, allow=None)
         client, service = await manager(self, number)
         await echo_once(self, client, service, "127.0.0.1", open_port)
         await echo_once(self, client, service, "2130706433", open_port)

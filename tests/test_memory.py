@@ -111,8 +111,8 @@ class DaemonMemoryTests(TestCase):
     async def test_rss_returns_near_baseline_after_clients_leave(self) -> None:
         sessions, sockets, size = 50, 4, 4 * MiB
         echo, echo_port = await listen_remote(self, Echo)
-        process, _, path = await start_twistd(self)
-        pid = process.pid
+        daemon, path = await start_twistd(self)
+        pid = daemon.process.pid
 
         async def run_session(seed: int) -> None:
             client, service = await unix_manager(self, path)

@@ -69,9 +69,9 @@ class HangupTests(TestCase):
         raw.send(encode_handshake(token))
         return await raw.next(), raw
 
-    async def hangup(self, process: Any, collect: ProcessOutput, line: bytes) -> None:
+    async def hangup(self, collect: ProcessOutput, line: bytes) -> None:
         seen = collect.output.count(line)
-        process.signalProcess(signal.SIGHUP)
+        collect.process.signalProcess(signal.SIGHUP)
         await wait_until(lambda: collect.output.count(line) > seen, timeout=30)
 
     async def test_sighup_reloads_tokens_and_rules(self) -> None:
@@ -79,7 +79,7 @@ class HangupTests(TestCase):
         _, other_port = await listen_remote(self, Echo)
         tokens = temp_dir(self) / "tokens.json"
         tokens_file(tokens, "alpha-token-0123456789")
-        process, collect, path = await start_twistd(
+        collect, path = await start_twistd(
             self,
             "--tokens-file",
             str(tokens),
@@ -93,7 +93,7 @@ class HangupTests(TestCase):
         live_id = await client.open_ok(service, echo_port, events=(Event.DATA,))
 
         tokens_file(tokens, "beta-token-0123456789")
-        await self.hangup(process, collect, b"reloaded the tokens and destination rules")
+        await self.hangup(collect, b"reloaded the tokens and destination rules")
         self.assertEqual((await self.handshake(path, "beta-token-0123456789"))[0], b"\x01")
         refused, _ = await self.handshake(path, "alpha-token-0123456789")
         self.assertEqual(refused, b"\x00")
@@ -108,7 +108,7 @@ class HangupTests(TestCase):
 
         # A broken file: the old configuration stays, and the log says why.
         tokens.write_text('[{"token": ')
-        await self.hangup(process, collect, b"reload failed, the configuration in use is kept")
+        await self.hangup(collect, b"reload failed, the configuration in use is kept")
         self.assertIn(b"cannot read tokens file", collect.output)
         self.assertEqual((await self.handshake(path, "beta-token-0123456789"))[0], b"\x01")
         self.assertFalse(collect.ended.called)
@@ -121,14 +121,14 @@ class HangupTests(TestCase):
         directory = temp_dir(self)
         tokens, logfile = directory / "tokens.json", directory / "daemon.log"
         tokens_file(tokens, "alpha-token-0123456789")
-        process, collect, path = await start_twistd(
+        collect, path = await start_twistd(
             self, "--tokens-file", str(tokens), token=None, twistd=(f"--logfile={logfile}",)
         )
         await wait_until(lambda: logfile.exists())
         tokens_file(tokens, "beta-token-0123456789")
-        process.signalProcess(signal.SIGHUP)
+        collect.process.signalProcess(signal.SIGHUP)
         await wait_until(lambda: b"reloaded the tokens" in logfile.read_bytes(), timeout=30)
-        process.signalProcess(signal.SIGUSR1)
+        collect.process.signalProcess(signal.SIGUSR1)
         rotated = directory / "daemon.log.1"
         await wait_until(rotated.exists, timeout=30)
         self.assertIn(b"reloaded the tokens", rotated.read_bytes())

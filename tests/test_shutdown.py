@@ -163,14 +163,14 @@ class EmbeddedShutdownTests(TestCase):
 class TwistdShutdownTests(TestCase):
     async def test_sigterm_mid_transfer_delivers_everything(self) -> None:
         factory, remote_port = await listen_small(self, SlowSink)
-        process, collect, path = await start_twistd(self, "--close-timeout", "60")
+        collect, path = await start_twistd(self, "--close-timeout", "60")
         client, service_id = await unix_manager(self, path)
         socket_id = await client.open_ok(service_id, remote_port)
         data = await send_accepted(client, service_id, socket_id)
         (sink,) = factory.connections
         assert isinstance(sink, SlowSink)
 
-        process.signalProcess(signal.SIGTERM)
+        collect.process.signalProcess(signal.SIGTERM)
         self.assertEqual(await client.raw.closed, (1001, "daemon stopping"))
         sink.go()
         await collect.ended

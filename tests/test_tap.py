@@ -306,12 +306,12 @@ class TwistdTests(TestCase):
         self.assertIn(b"WS_RUNTIME_TOKEN", out + err)
 
     async def test_daemon_serves_on_unix_socket_and_logs_sessions(self) -> None:
-        process, collect, path = await start_twistd(
+        collect, path = await start_twistd(
             self, token=None, allow=None, environ={"WS_RUNTIME_TOKEN": "from-environment"}
         )
 
         await one_session(self, path, "from-environment", collect)
-        process.signalProcess(signal.SIGTERM)
+        collect.process.signalProcess(signal.SIGTERM)
         await collect.ended
         log = collect.output.decode()
         self.assertIn("session of desktop from unix", log)
