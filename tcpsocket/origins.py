@@ -11,8 +11,6 @@ on a WebSocket upgrade) and is let through to the token check.
 
 from __future__ import annotations
 
-from twisted.internet.abstract import isIPv6Address
-
 from tcpsocket.config import ServerConfig
 
 __all__ = ["LOCAL_NAMES", "host_allowed", "host_name", "origin_allowed"]
@@ -45,10 +43,10 @@ def host_allowed(config: ServerConfig, header: str | None, local_address: str | 
     if local_address is None:
         return False
     local = local_address.lower().partition("%")[0]
-    return name == local or (isIPv6Address(name) and name == local)
+    return name == local
 
 
-def own_origin(host: str | None, secure: bool) -> str | None:
+def _own_origin(host: str | None, secure: bool) -> str | None:
     """The origin of the daemon's own pages, given the request's ``Host`` header."""
     if not host:
         return None
@@ -61,5 +59,5 @@ def origin_allowed(config: ServerConfig, origin: str, host: str | None, secure: 
     return (
         "*" in config.allowed_origins
         or origin in config.allowed_origins
-        or origin == own_origin(host, secure)
+        or origin == _own_origin(host, secure)
     )
