@@ -46,12 +46,12 @@ class LimitedHTTPChannel(HTTPChannel):
     transport: Any
     _header_deadline: IDelayedCall | None = None
     _refused = False
-    _key: Any = None
+    _admission_key: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._key = self.transport
-        self.site.admission.admit(self._key, client_address(self.transport), self._drop)
+        self._admission_key = self.transport
+        self.site.admission.admit(self._admission_key, client_address(self.transport), self._drop)
         self._arm_header_deadline()
 
     def _drop(self) -> None:
@@ -115,7 +115,7 @@ class LimitedHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_header_deadline()
-        self.site.admission.release(self._key)
+        self.site.admission.release(self._admission_key)
         super().connectionLost(reason)
 
 
