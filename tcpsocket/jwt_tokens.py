@@ -157,6 +157,11 @@ class RedisUsedRecord:
         """``SET key 1 NX EXAT expires``; blocking, on a thread."""
         return bool(self._client.set(key, b"1", nx=True, exat=expires))
 
+    @property
+    def in_flight(self) -> int:
+        """Claims sent to Redis (or queued for a thread) and not answered yet."""
+        return self._calls.in_flight
+
     def same_store(self, other: RedisUsedRecord) -> bool:
         """Whether ``other`` records in the same place, the same way."""
         return (self.url, self.prefix, self._calls.timeout, self._calls.threads) == (

@@ -47,6 +47,11 @@ class BlockingCalls:
         self._waiting: dict[Deferred[Any], threading.Event] = {}
 
     @property
+    def in_flight(self) -> int:
+        """Calls asked for and not answered (nor given up) yet."""
+        return len(self._waiting)
+
+    @property
     def running(self) -> bool:
         """Whether the pool has been started (and not stopped since)."""
         return self._pool is not None

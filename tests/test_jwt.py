@@ -24,6 +24,7 @@ from tcpsocket.reload import apply_reload
 from tcpsocket.tap import Options
 from tcpsocket.tokens import Token, TokenStore
 from tests.support import Echo, listen_remote, start_daemon, temp_dir, test_config, wait_until
+from tests.test_tokens import threads_named
 
 SECRET = b"a-secret-of-at-least-thirty-two-bytes-for-hs256"
 STATIC = "static-token-0123456789"
@@ -296,6 +297,19 @@ class RedisRecordTests(TestCase):
         self.assertIn(f"the used-token store {server.url} failed", str(caught.exception))
         self.assertIsNotNone(await verifier.verify(mint({})), "other tokens need no store")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_reload_keeps_the_record_of_an_unchanged_store(self) -> None:
+        server = await start_redis(self)
+        live = TokenStore(jwt=JwtVerifier(SECRET, used=self.record(server.url)))
+        kept = live.jwt.used
+        live.replace(TokenStore(jwt=JwtVerifier(SECRET, used=self.record(server.url))))
+        self.assertIs(live.jwt.used, kept, "same store: same client and threads")
+        self.assertIsNotNone(await live.authenticate(mint({"single_use": True, "jti": "r"})))
+        self.assertEqual(len(threads_named("tcpsocket-redis")), 1)
+        other = self.record(server.url.replace("/0", "/1"))
+        live.replace(TokenStore(jwt=JwtVerifier(SECRET, used=other)))
+        self.assertIs(live.jwt.used, other)
+        self.assertEqual(threads_named("tcpsocket-redis"), [], "the store given up is stopped")
 
 
 class JwtSessionTests(TestCase):
