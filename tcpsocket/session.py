@@ -107,7 +107,8 @@ class SessionProtocol(WebSocketServerProtocol):
         self._idle_timer: IDelayedCall | None = None
         self._last_message = 0.0
         self._fragments = 0
-        #: While the token is checked: the messages that came after it (None: not checking).
+        #: While the token is checked: its answer, and the messages that came after it.
+        self._answer: Deferred[Any] | None = None
         self._early: list[bytes] | None = None
         self._closed_waiters: list[Deferred[None]] = []
         # Autobahn's own log lines quote the client: escaped, and budgeted before the token.
@@ -321,6 +322,9 @@ class SessionProtocol(WebSocketServerProtocol):
                 timer.cancel()
         self._handshake_timer = self._idle_timer = None
         cancel_autobahn_timers(self)
+        if self._answer is not None:
+            # Nobody waits for the token's answer any more: a check not started yet never is.
+            self._answer.cancel()
         if self._admission_key is not None:
             self.factory.admission.release(self._admission_key)
         if self in self.factory.sessions:
@@ -488,6 +492,7 @@ class SessionProtocol(WebSocketServerProtocol):
         # Until it fires (at once, unless the store must wait) the session stays
         # pending: its admission entry, the handshake deadline and a close still apply.
         self._early = []
+        self._answer = answer
         answer.addCallback(self._answered).addErrback(self._answer_failed)
 
     def _answer_failed(self, failure: Failure) -> None:
@@ -502,6 +507,7 @@ class SessionProtocol(WebSocketServerProtocol):
     def _answered(self, granted: Any) -> None:
         """Apply the handshake's answer, unless the session ended while it was awaited."""
         early, self._early = self._early or [], None
+        self._answer = None
         if self._ending or self.state != self.STATE_OPEN:
             return  # closed by the client, the deadline or the daemon stopping: no ack
         if self._handshake_timer is not None and self._handshake_timer.active():
