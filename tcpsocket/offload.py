@@ -101,8 +101,14 @@ class BlockingCalls:
         if self._pool is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=self.threads, name=self.name)
             self._pool.start()
-            self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+            self._trigger = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._shutting_down
+            )
         return self._pool
+
+    def _shutting_down(self) -> None:
+        self._trigger = None  # firing: not to be removed
+        self.stop()
 
 
 def _cancel_timer(result: Any, timer: Any) -> Any:
