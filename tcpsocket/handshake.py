@@ -75,10 +75,13 @@ def authenticate(
 
     def undecided(failure: Failure) -> Refusal:
         # Not the client's fault: its failed-handshake budget is not spent.
-        failure.trap(TokenStoreError, CancelledError)
+        if failure.check(CancelledError):
+            # Given up: the client left, or the daemon is stopping (nobody is answered).
+            return Refusal(TRY_AGAIN_LATER, "the token check was given up")
+        failure.trap(TokenStoreError)
         config.metrics.handshake_failed("token-store")
-        cause = str(failure.value) if failure.check(TokenStoreError) else "the check was given up"
-        return Refusal(TRY_AGAIN_LATER, "the token cannot be checked now, try again later", cause)
+        reason = "the token cannot be checked now, try again later"
+        return Refusal(TRY_AGAIN_LATER, reason, str(failure.value))
 
     checked: Deferred[Any] = maybeDeferred(config.tokens.authenticate, value, origin)
     return checked.addCallbacks(decide, undecided)

@@ -248,6 +248,10 @@ class EndingWhileWaitingTests(TestCase):
         await wait_until(lambda: paused.admin.keys("tcpsocket:jti:*") != [])
         started = site.config.metrics.registry.get_sample_value("tcpsocket_sessions_total")
         self.assertEqual(started, 0, "no session for a client that left")
+        failed = site.config.metrics.registry.get_sample_value(
+            "tcpsocket_handshake_failures_total", {"reason": "token-store"}
+        )
+        self.assertEqual(failed, 0, "leaving is not a failure of the store")
         self.assertFalse([e for e in logs if e.get("log_level") and e["log_level"].name == "error"])
         again = await handshake(self, port, token)
         self.assertEqual(await again.next(), REFUSED, "its claim reached Redis: used")
