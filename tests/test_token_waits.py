@@ -149,7 +149,7 @@ class StalledStoreTests(TestCase):
         self.assertEqual(await held.next(), REFUSED)
         code, reason = await held.closed
         self.assertEqual((code, reason), (1013, "the token cannot be checked now, try again later"))
-        (line,) = [e for e in logs if "cannot be checked" in e.get("log_format", "").format(**e)]
+        (line,) = [e for e in logs if "cause" in e]
         self.assertEqual(line["log_level"].name, "error")
         self.assertIn(f"the used-token store {url} failed", line["cause"])
         metrics = site.config.metrics.registry
@@ -259,7 +259,7 @@ class EndingWhileWaitingTests(TestCase):
     async def test_handshake_deadline_while_waiting(self) -> None:
         redis = await start_redis(self)
         paused = Paused(self, redis.url)
-        site, port = await start_daemon(self, tokens=store(self, redis.url), handshake_timeout=0.5)
+        site, port = await start_daemon(self, tokens=store(self, redis.url), handshake_timeout=1.5)
         held = await handshake(self, port, once("slow"))
         code, reason = await held.closed
         self.assertEqual((code, reason), (1008, "the token could not be checked in time"))
