@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class IToken(Interface):
@@ -15,15 +20,28 @@ class IToken(Interface):
     )
 
 
+class TokenStoreError(Exception):
+    """A token store cannot decide now (say, its record of used tokens is unreachable).
+
+    The client is refused with 1013 (try again later); the message is logged, not sent.
+    """
+
+
 class ITokenStore(Interface):
     """Checks session tokens (protocol.md B.1)."""
 
-    def authenticate(value: str, origin: str | None = None) -> IToken | None:
+    def authenticate(value: str, origin: str | None = None) -> Deferred[Any]:
         """
-        Return the token's grant, or None if it is not valid (for ``origin``).
+        A Deferred firing with the token's grant (an :class:`IToken`), or None
+        if it is not valid (for ``origin``).
 
         ``origin`` is the WebSocket's ``Origin`` header, if the client sent
-        one.  A single-use token is consumed by a successful call.
+        one.  A single-use token is consumed by a successful call.  A store
+        that must wait (for a shared record of used tokens) does so without
+        blocking the reactor; the session handshake waits for the Deferred,
+        other sessions go on.  It fails with :class:`TokenStoreError` when the
+        store cannot decide.  (A store may also return the grant or None
+        directly: the handshake takes either.)
         """
 
     def origins() -> frozenset[str]:

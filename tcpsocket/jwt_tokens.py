@@ -15,7 +15,8 @@ entry in a tokens file says, as claims:
     destination rules of its sessions, as in a tokens file (``"allow imap.example:993"``);
 ``single_use`` and ``jti``
     with ``"single_use": true`` (which needs a ``jti``) the token opens one session
-    only: its ``jti`` is recorded in a :class:`IUsedRecord` until the token expires.
+    only: its ``jti`` is recorded in a :class:`IUsedRecord` until the token expires
+    (:class:`RedisUsedRecord` waits for Redis on a thread, never on the reactor).
 
 ``aud`` and ``iss`` are checked when the daemon is configured with an
 audience or an issuer (then they are required).  Verification is PyJWT's:
@@ -26,17 +27,20 @@ or ES256 for a public key), never taken from the token's header.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jwt
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from tcpsocket.interfaces import TokenStoreError
 from tcpsocket.logtext import printable
+from tcpsocket.offload import BlockingCalls, CallTimedOut
 from tcpsocket.policy import Rule
 from tcpsocket.services.tcpsocket.messages import PERMISSION
 from tcpsocket.tokens import Token
@@ -76,9 +80,11 @@ MIN_SECRET_BYTES = 32
 class IUsedRecord(Interface):
     """Where the ``jti`` of single-use tokens is recorded, shared by every node that checks them."""
 
-    def claim(jti: str, expires: float) -> bool:
-        """Record ``jti`` until ``expires`` (a UNIX time); False if it was already recorded
-        (or cannot be recorded: a single-use token is never accepted unrecorded)."""
+    def claim(jti: str, expires: float) -> Deferred[bool]:
+        """Record ``jti`` until ``expires`` (a UNIX time): a Deferred firing with True, or
+        with False if it was already recorded.  Fails with
+        :class:`~tcpsocket.interfaces.TokenStoreError` if it cannot be recorded (a
+        single-use token is never accepted unrecorded).  A plain bool is taken too."""
 
 
 @implementer(IUsedRecord)
@@ -89,45 +95,86 @@ class LocalUsedRecord:
         self._clock = clock
         self._expiry: dict[str, float] = {}
 
-    def claim(self, jti: str, expires: float) -> bool:
+    def claim(self, jti: str, expires: float) -> Deferred[bool]:
         now = self._clock()
         if len(self._expiry) > 1024:
             self._expiry = {k: v for k, v in self._expiry.items() if v > now}
         if self._expiry.get(jti, 0.0) > now:
-            return False
+            return succeed(False)
         self._expiry[jti] = expires
-        return True
+        return succeed(True)
 
 
 @implementer(IUsedRecord)
 class RedisUsedRecord:
     """The ``jti`` record in Redis (``SET key 1 NX EXAT exp``), shared by every node.
 
-    The call blocks the reactor for one round trip to Redis, at most
-    ``timeout`` seconds (keep Redis on the same host or LAN); if Redis cannot
-    answer, the token is refused and the reason logged.
+    Each claim is one round trip to Redis, made on a thread of the record's own
+    (at most ``threads`` at once), never on the reactor: the handshake that
+    claims waits, other sessions go on.  Redis must answer within ``timeout``
+    seconds, or the claim fails (:class:`~tcpsocket.interfaces.TokenStoreError`)
+    and the token is refused; a ``SET NX`` that reached Redis all the same
+    leaves the token used (never the reverse).  Two claims of one ``jti``, from
+    any node, are ordered by Redis: one only gets True.
     """
 
-    def __init__(self, url: str, timeout: float = 0.5, prefix: str = "tcpsocket:jti:") -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 0.5,
+        prefix: str = "tcpsocket:jti:",
+        threads: int = 4,
+        reactor: Any = None,
+    ) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
+        self.url = url
+        self.prefix = prefix
+        # One try: a retried SET NX could find its own first try's key.
         self._client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
         )
-        self._prefix = prefix
-        self._lock = threading.Lock()
+        self._calls = BlockingCalls("tcpsocket-redis", threads, timeout, reactor)
 
-    def claim(self, jti: str, expires: float) -> bool:
+    def claim(self, jti: str, expires: float) -> Deferred[bool]:
         import redis
 
-        key = self._prefix + hashlib.sha256(jti.encode("utf-8")).hexdigest()
-        try:
-            with self._lock:
-                done = self._client.set(key, b"1", nx=True, exat=max(int(expires) + 1, 1))
-        except redis.RedisError as e:
-            log.error("single-use token refused: the used-token store failed: {error}", error=e)
-            return False
-        return bool(done)
+        key = self.prefix + hashlib.sha256(jti.encode("utf-8")).hexdigest()
+
+        def failed(failure: Failure) -> NoReturn:
+            failure.trap(redis.RedisError, CallTimedOut)
+            raise TokenStoreError(f"the used-token store {self.url} failed: {failure.value}")
+
+        claimed = self._calls.call(self._set, key, max(int(expires) + 1, 1))
+        return claimed.addErrback(failed)
+
+    def _set(self, key: str, expires: int) -> bool:
+        """``SET key 1 NX EXAT expires``; blocking, on a thread."""
+        return bool(self._client.set(key, b"1", nx=True, exat=expires))
+
+    @property
+    def in_flight(self) -> int:
+        """Claims sent to Redis (or queued for a thread) and not answered yet."""
+        return self._calls.in_flight
+
+    def same_store(self, other: RedisUsedRecord) -> bool:
+        """Whether ``other`` records in the same place, the same way."""
+        return (self.url, self.prefix, self._calls.timeout, self._calls.threads) == (
+            other.url,
+            other.prefix,
+            other._calls.timeout,
+            other._calls.threads,
+        )
+
+    def stop(self) -> None:
+        """Stop the record's threads (the daemon stopping); a later claim starts them again."""
+        self._calls.stop()
+        self._client.close()
 
 
 def looks_like_jwt(value: str) -> bool:
@@ -213,27 +260,50 @@ class JwtVerifier:
         return cls(read(secret_file, "secret"), read(public_key_file, "public key"), **options)
 
     def inherit(self, previous: JwtVerifier) -> None:
-        """After a reload: keep ``previous``'s in-process record of used single-use tokens."""
-        if isinstance(self.used, LocalUsedRecord) and isinstance(previous.used, LocalUsedRecord):
-            self.used = previous.used
+        """After a reload: keep ``previous``'s record of used single-use tokens.
 
-    def verify(self, value: str, origin: str | None = None) -> Token | None:
-        """The token's grant, or None (the reason is logged at debug level)."""
+        Its in-process record, or its Redis record (client and threads) if the
+        store is unchanged; a Redis record given up is stopped.
+        """
+        old, new = previous.used, self.used
+        if isinstance(new, LocalUsedRecord) and isinstance(old, LocalUsedRecord):
+            self.used = old
+        elif isinstance(new, RedisUsedRecord) and isinstance(old, RedisUsedRecord):
+            if new.same_store(old):
+                self.used = old
+            else:
+                old.stop()
+        elif isinstance(old, RedisUsedRecord):
+            old.stop()
+
+    def stop(self) -> None:
+        """Stop the threads of the record of used tokens, if it has any."""
+        stop = getattr(self.used, "stop", None)
+        if stop is not None:
+            stop()
+
+    def verify(self, value: str, origin: str | None = None) -> Deferred[Token | None]:
+        """The token's grant (a Deferred), or None (the reason is logged at debug level).
+
+        A single-use token waits for its record (:meth:`IUsedRecord.claim`),
+        and fails as it does when that cannot be written.
+        """
         claims = self._decode(value)
         if claims is None:
-            return None
+            return succeed(None)
         try:
             token = _token_from_claims(value, claims)
         except (ValueError, TypeError) as e:
             log.info("JWT refused: {why}", why=printable(str(e)))
-            return None
+            return succeed(None)
         if token.origins and (origin or "").lower() not in token.origins:
-            return None
+            return succeed(None)
         if not self._rules_agree(token):
-            return None
-        if token.single_use and not self.used.claim(str(claims["jti"]), float(claims["exp"])):
-            return None
-        return token
+            return succeed(None)
+        if not token.single_use:
+            return succeed(token)
+        claimed = maybeDeferred(self.used.claim, str(claims["jti"]), float(claims["exp"]))
+        return claimed.addCallback(lambda fresh: token if fresh else None)
 
     def _decode(self, value: str) -> dict[str, Any] | None:
         required = ["exp", "sub"]

@@ -28,7 +28,7 @@ __all__ = ["HANDSHAKE_FAILURES", "SOCKET_FAILURES", "Metrics"]
 
 #: Reasons a session handshake fails (``tcpsocket_handshake_failures_total``); each is also a
 #: reason a session is refused, besides ``capacity`` (``--max-sessions`` reached).
-HANDSHAKE_FAILURES = ("invalid-token", "timeout", "malformed")
+HANDSHAKE_FAILURES = ("invalid-token", "timeout", "malformed", "token-store")
 #: Reasons an ``open()`` fails (``tcpsocket_sockets_failed_total``).
 SOCKET_FAILURES = (
     "invalid",

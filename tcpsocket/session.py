@@ -26,6 +26,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, ISSLTransport, ITCPTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tcpsocket import fastpath
 from tcpsocket._private import (
@@ -68,6 +69,9 @@ TRY_AGAIN_LATER = 1013
 #: Frames one message may span: Autobahn keeps a list entry per fragment, so a
 #: stream of empty fragments would otherwise grow without bound.
 MAX_FRAGMENTS = 4096
+#: Messages a client may send after its token while the token is checked; they are
+#: handled after the ack (each is within the handshake message size).
+MAX_EARLY_MESSAGES = 16
 
 
 def _no_budget() -> None:
@@ -103,6 +107,9 @@ class SessionProtocol(WebSocketServerProtocol):
         self._idle_timer: IDelayedCall | None = None
         self._last_message = 0.0
         self._fragments = 0
+        #: While the token is checked: its answer, and the messages that came after it.
+        self._answer: Deferred[Any] | None = None
+        self._early: list[bytes] | None = None
         self._closed_waiters: list[Deferred[None]] = []
         # Autobahn's own log lines quote the client: escaped, and budgeted before the token.
         self.log = ClientLog(log, self._log_budget)
@@ -315,6 +322,9 @@ class SessionProtocol(WebSocketServerProtocol):
                 timer.cancel()
         self._handshake_timer = self._idle_timer = None
         cancel_autobahn_timers(self)
+        if self._answer is not None:
+            # Nobody waits for the token's answer any more: a check not started yet never is.
+            self._answer.cancel()
         if self._admission_key is not None:
             self.factory.admission.release(self._admission_key)
         if self in self.factory.sessions:
@@ -431,38 +441,87 @@ class SessionProtocol(WebSocketServerProtocol):
     def _handshake_timed_out(self) -> None:
         self._handshake_timer = None
         self.config.metrics.handshake_failed("timeout")
-        self._fail(POLICY_VIOLATION, "no session handshake in time")
+        if self._early is not None:
+            self._fail(POLICY_VIOLATION, "the token could not be checked in time")
+        else:
+            self._fail(POLICY_VIOLATION, "no session handshake in time")
 
-    def _refuse(self, code: int, reason: str) -> None:
+    def _refuse(self, refusal: Refusal) -> None:
         """Answer the handshake with a negative ack, then close (log lines are budgeted)."""
         self._write_message(encode_ack(False))
-        self.factory.log_budget.warn(
-            log,
-            "closing session from {peer}: {reason}",
-            peer=self._peer_name,
-            reason=printable(reason),
-        )
-        self.end(code, reason)
+        if refusal.cause is None:
+            self.factory.log_budget.warn(
+                log,
+                "closing session from {peer}: {reason}",
+                peer=self._peer_name,
+                reason=printable(refusal.reason),
+            )
+        else:
+            self.factory.log_budget.emit(
+                log,
+                "error",
+                "closing session from {peer}: {reason}: {cause}",
+                peer=self._peer_name,
+                reason=refusal.reason,
+                cause=printable(refusal.cause),
+                session=self.session_id,
+            )
+        self.end(refusal.code, refusal.reason)
+
+    def _sessions_full(self) -> bool:
+        return self.factory.authenticated_sessions() >= self.factory.budgets.max_sessions
 
     def _handshake(self, payload: bytes) -> None:
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        if self._early is not None:
+            # The token is being checked: what follows it waits for the answer.
+            if len(self._early) >= MAX_EARLY_MESSAGES:
+                self._cut(POLICY_VIOLATION, "too many messages before the session's ack")
+            else:
+                self._early.append(payload)
+            return
         factory = self.factory
-        granted = authenticate(
+        answer = authenticate(
             payload,
             config=self.config,
             failures=factory.failures,
             address=self._address,
             origin=self._origin,
             origin_allowed=self._origin_allowed,
-            sessions_full=self.factory.authenticated_sessions()
-            >= self.factory.budgets.max_sessions,
+            sessions_full=self._sessions_full,
         )
-        if isinstance(granted, Refusal):
-            self._refuse(granted.code, granted.reason)
-            return
-        token = granted
+        # Until it fires (at once, unless the store must wait) the session stays
+        # pending: its admission entry, the handshake deadline and a close still apply.
+        self._early = []
+        self._answer = answer
+        answer.addCallback(self._answered).addErrback(self._answer_failed)
+
+    def _answer_failed(self, failure: Failure) -> None:
+        log.failure(
+            "internal error in session from {peer}",
+            failure,
+            peer=self._peer_name,
+            session=self.session_id,
+        )
+        self._fail(INTERNAL_ERROR, "internal error")
+
+    def _answered(self, granted: Any) -> None:
+        """Apply the handshake's answer, unless the session ended while it was awaited."""
+        early, self._early = self._early or [], None
+        self._answer = None
+        if self._ending or self.state != self.STATE_OPEN:
+            return  # closed by the client, the deadline or the daemon stopping: no ack
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        with fastpath.batch():
+            if isinstance(granted, Refusal):
+                self._refuse(granted)
+                return
+            self._accept(granted)
+            for payload in early:
+                self.onMessage(payload, True)
+
+    def _accept(self, token: Any) -> None:
         self._authenticated = True
         self.identity = token.identity
         self.router.permissions = frozenset(token.permissions)

@@ -193,7 +193,8 @@ class TcpSocketService(MultiService):
            remotes and close, each within the close timeout; a socket that
            cannot is aborted and an ERROR log line says how many accepted
            bytes were not delivered.
-        4. Fire (under twistd, the reactor stops only then).
+        4. Stop the token store's threads, if it has any (``stop()``).
+        5. Fire (under twistd, the reactor stops only then).
         """
         factory = self.site.session_factory
         factory.stopping = True
@@ -213,6 +214,10 @@ class TcpSocketService(MultiService):
             return connections.when_empty()
 
         def report(_: object) -> None:
+            stop = getattr(factory.config.tokens, "stop", None)
+            if stop is not None:
+                # Every session has ended: no handshake waits for the store any more.
+                stop()
             if connections.undelivered:
                 log.error(
                     "daemon stopped: {sockets} sockets could not deliver {bytes} accepted bytes",

@@ -6,15 +6,19 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpsocket.interfaces import IToken, ITokenStore
+from tcpsocket.interfaces import IToken, ITokenStore, TokenStoreError
+from tcpsocket.offload import BlockingCalls, CallTimedOut
 from tcpsocket.policy import Rule
 from tcpsocket.services.tcpsocket.messages import PERMISSION
 
@@ -27,6 +31,8 @@ log = Logger()
 DESKTOP_IDENTITY = "desktop"
 #: Shortest token accepted: 16 characters (from ``secrets.token_urlsafe(12)`` up).
 MIN_TOKEN_LENGTH = 16
+#: Seconds a check-and-append on the used-tokens file may take, waiting for its lock included.
+USED_FILE_TIMEOUT = 2.0
 #: How to make a good token, for error messages.
 TOKEN_ADVICE = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
@@ -65,6 +71,9 @@ class TokenStore:
     SHA-256 digest per line, appended and synced before the session is
     accepted), so a used token stays used across restarts.  Several processes
     may share the file: each check-and-append holds an exclusive ``flock``.
+    That check-and-append runs on a thread of the store's own (it waits for
+    the lock and for the disk), within ``used_tokens_timeout`` seconds, or
+    the token is refused (and stays unused); :meth:`stop` stops that thread.
 
     With ``jwt``, a value that is not one of the tokens but has a JWT's shape
     is verified by it.
@@ -75,6 +84,7 @@ class TokenStore:
         tokens: Iterable[Token] = (),
         used_tokens_file: str | Path | None = None,
         jwt: JwtVerifier | None = None,
+        used_tokens_timeout: float = USED_FILE_TIMEOUT,
     ) -> None:
         self._tokens: dict[bytes, Token] = {}
         #: Verifies signed tokens (:mod:`tcpsocket.jwt_tokens`), if any.
@@ -83,6 +93,8 @@ class TokenStore:
         self._used_file = None if used_tokens_file is None else Path(used_tokens_file)
         if self._used_file is not None:
             self._used = _read_used(self._used_file)
+        #: One thread: the appends queue there rather than on the file's lock.
+        self._file_calls = BlockingCalls("tcpsocket-used-tokens", 1, used_tokens_timeout)
         for token in tokens:
             self.add(token)
 
@@ -104,6 +116,8 @@ class TokenStore:
         if isinstance(tokens, TokenStore):
             if tokens.jwt is not None and self.jwt is not None:
                 tokens.jwt.inherit(self.jwt)
+            elif self.jwt is not None:
+                self.jwt.stop()
             self.jwt = tokens.jwt
 
     def add(self, token: Token) -> None:
@@ -115,38 +129,60 @@ class TokenStore:
             )
         self._tokens[_digest(token.value)] = token
 
+    def stop(self) -> None:
+        """Stop the threads of this store and of its JWT verifier (the daemon stopping)."""
+        self._file_calls.stop()
+        if self.jwt is not None:
+            self.jwt.stop()
+
     def origins(self) -> frozenset[str]:
         """Every web origin some token is pinned to."""
         return frozenset(origin for token in self._tokens.values() for origin in token.origins)
 
-    def authenticate(self, value: str, origin: str | None = None) -> Token | None:
+    def authenticate(self, value: str, origin: str | None = None) -> Deferred[Token | None]:
+        """The grant of ``value`` (a Deferred), or None; a single-use token is consumed.
+
+        Fails with :class:`~tcpsocket.interfaces.TokenStoreError` if a
+        single-use token cannot be recorded in the used-tokens file.
+        """
         key = _digest(value)
         token = self._tokens.get(key)
         if token is None and self.jwt is not None:
             from tcpsocket.jwt_tokens import looks_like_jwt
 
-            return self.jwt.verify(value, origin) if looks_like_jwt(value) else None
+            return self.jwt.verify(value, origin) if looks_like_jwt(value) else succeed(None)
         if token is None or (token.origins and (origin or "").lower() not in token.origins):
-            return None
-        if token.single_use:
-            if key in self._used:
-                return None
-            if self._used_file is not None:
-                try:
-                    if not _append_used(self._used_file, key):
-                        self._used.add(key)  # another process used it
-                        return None
-                except OSError as e:
-                    log.error(
-                        "single-use token of {identity} refused: cannot record it in {path}: "
-                        "{error}",
-                        identity=token.identity,
-                        path=str(self._used_file),
-                        error=str(e),
-                    )
-                    return None
+            return succeed(None)
+        if not token.single_use:
+            return succeed(token)
+        if key in self._used:
+            return succeed(None)
+        if self._used_file is None:
             self._used.add(key)
-        return token
+            return succeed(token)
+        return self._record(token, key, self._used_file)
+
+    def _record(self, token: Token, key: bytes, path: Path) -> Deferred[Token | None]:
+        """Append ``key`` to the used-tokens file off the reactor thread, then decide."""
+        # Two handshakes with one token may both get here: the file's lock
+        # orders their appends, and the second finds the first's line.  The
+        # thread stops waiting for the lock a little before the handshake stops
+        # waiting for it: a refused token is then not recorded after all.
+        deadline = time.monotonic() + 0.9 * self._file_calls.timeout
+
+        def recorded(fresh: bool) -> Token | None:
+            self._used.add(key)  # by this process, or another one (fresh is False)
+            return token if fresh else None
+
+        def failed(failure: Failure) -> NoReturn:
+            failure.trap(OSError, CallTimedOut)
+            raise TokenStoreError(
+                f"single-use token of {token.identity} refused: cannot record it in {path}: "
+                f"{failure.value}"
+            )
+
+        appended = self._file_calls.call(_append_used, path, key, deadline)
+        return appended.addCallbacks(recorded, failed)
 
 
 def _read_used(path: Path) -> set[bytes]:
@@ -162,13 +198,17 @@ def _read_used(path: Path) -> set[bytes]:
         raise ValueError(f"used-tokens file {path} holds a line that is not a hex digest") from None
 
 
-def _append_used(path: Path, key: bytes) -> bool:
-    """Record ``key``; False if the file already holds it (another process used it)."""
+def _append_used(path: Path, key: bytes, deadline: float) -> bool:
+    """Record ``key``; False if the file already holds it (another process used it).
+
+    Blocking: run on a thread.  Raises ``TimeoutError`` if the lock is not had
+    by ``deadline`` (a ``time.monotonic()`` value).
+    """
     # Written and synced before the token is accepted: if this raises, the
     # session is refused rather than the token left reusable after a restart.
     # The exclusive lock makes check-and-append one step for every process.
     with path.open("a+", encoding="ascii") as file:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        _lock(file.fileno(), deadline)
         try:
             file.seek(0)
             if key.hex() in file.read().split():
@@ -179,6 +219,24 @@ def _append_used(path: Path, key: bytes) -> bool:
         finally:
             fcntl.flock(file.fileno(), fcntl.LOCK_UN)
     return True
+
+
+def _lock(fd: int, deadline: float) -> None:
+    """Take an exclusive ``flock`` on ``fd`` by ``deadline``, or raise ``TimeoutError``.
+
+    Polled, so that a lock another process keeps (stopped, or hung on its
+    disk) cannot hold a thread past the deadline.
+    """
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError("another process holds the file's lock") from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 def token_from_json(entry: Mapping[str, Any]) -> Token:

@@ -17,12 +17,14 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.client import DATA_EVENT, Session, TcpSocketManager
+from tcpsocket.interfaces import TokenStoreError
 from tcpsocket.jwt_tokens import JwtVerifier, LocalUsedRecord, RedisUsedRecord
 from tcpsocket.policy import DestinationPolicy, Rule
 from tcpsocket.reload import apply_reload
 from tcpsocket.tap import Options
 from tcpsocket.tokens import Token, TokenStore
 from tests.support import Echo, listen_remote, start_daemon, temp_dir, test_config, wait_until
+from tests.test_tokens import threads_named
 
 SECRET = b"a-secret-of-at-least-thirty-two-bytes-for-hs256"
 STATIC = "static-token-0123456789"
@@ -52,19 +54,21 @@ class VerifierTests(SynchronousTestCase):
                 "rules": ["allow imap.example.org:993"],
             }
         )
-        token = verifier.verify(value, "https://app.example")
+        token = self.successResultOf(verifier.verify(value, "https://app.example"))
         assert token is not None
         self.assertEqual(token.identity, "alice")
         self.assertEqual(token.permissions, {"tcp-socket"})
         self.assertEqual(token.origins, {"https://app.example"})
         self.assertEqual(token.rules, (Rule.parse("allow imap.example.org:993"),))
-        self.assertIsNone(verifier.verify(value, "https://evil.example"), "pinned origin")
+        self.assertIsNone(
+            self.successResultOf(verifier.verify(value, "https://evil.example")), "pinned origin"
+        )
         self.assertEqual(verifier.claimed_rules["alice"], token.rules)
 
     def test_refused(self) -> None:
         verifier = JwtVerifier(SECRET, audience="tcpsocket", issuer="https://issuer.example")
         good = {"aud": "tcpsocket", "iss": "https://issuer.example"}
-        self.assertIsNotNone(verifier.verify(mint(good)))
+        self.assertIsNotNone(self.successResultOf(verifier.verify(mint(good))))
         for claims, why in [
             ({"aud": "other", "iss": "https://issuer.example"}, "audience"),
             ({"iss": "https://issuer.example"}, "no audience"),
@@ -76,18 +80,24 @@ class VerifierTests(SynchronousTestCase):
             ({**good, "single_use": True}, "single use without jti"),
             ({**good, "rules": ["allow nowhere"]}, "bad rule"),
         ]:
-            self.assertIsNone(verifier.verify(mint(claims)), why)
-        self.assertIsNone(verifier.verify(mint(good, key=SECRET + b"x")), "other key")
+            self.assertIsNone(self.successResultOf(verifier.verify(mint(claims))), why)
+        self.assertIsNone(
+            self.successResultOf(verifier.verify(mint(good, key=SECRET + b"x"))), "other key"
+        )
         no_exp = jwt.encode({"sub": "a", **good}, SECRET, algorithm="HS256")
-        self.assertIsNone(verifier.verify(no_exp), "no expiry")
+        self.assertIsNone(self.successResultOf(verifier.verify(no_exp)), "no expiry")
         unsigned = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, None, algorithm="none")
-        self.assertIsNone(verifier.verify(unsigned), "alg none")
+        self.assertIsNone(self.successResultOf(verifier.verify(unsigned)), "alg none")
 
     def test_clock_skew(self) -> None:
         verifier = JwtVerifier(SECRET, leeway=30)
-        self.assertIsNotNone(verifier.verify(mint({"exp": int(time.time()) - 10})))
+        self.assertIsNotNone(
+            self.successResultOf(verifier.verify(mint({"exp": int(time.time()) - 10})))
+        )
         self.assertIsNone(
-            JwtVerifier(SECRET, leeway=0).verify(mint({"exp": int(time.time()) - 10}))
+            self.successResultOf(
+                JwtVerifier(SECRET, leeway=0).verify(mint({"exp": int(time.time()) - 10}))
+            )
         )
 
     def test_public_keys(self) -> None:
@@ -95,11 +105,15 @@ class VerifierTests(SynchronousTestCase):
         ec_key = ec.generate_private_key(ec.SECP256R1())
         for private, algorithm in [(rsa_key, "RS256"), (ec_key, "ES256")]:
             verifier = JwtVerifier(public_key=pem(private.public_key()))
-            self.assertIsNotNone(verifier.verify(mint({}, private, algorithm)), algorithm)
-            self.assertIsNone(verifier.verify(mint({})), "an HS256 token is not accepted")
+            self.assertIsNotNone(
+                self.successResultOf(verifier.verify(mint({}, private, algorithm))), algorithm
+            )
+            self.assertIsNone(
+                self.successResultOf(verifier.verify(mint({}))), "an HS256 token is not accepted"
+            )
         # A public key used as an HS256 secret (algorithm confusion) is refused.
         verifier = JwtVerifier(public_key=pem(rsa_key.public_key()))
-        self.assertIsNone(verifier.verify(mint({}, SECRET)))
+        self.assertIsNone(self.successResultOf(verifier.verify(mint({}, SECRET))))
 
     def test_short_secret_and_bad_key(self) -> None:
         self.assertRaises(ValueError, JwtVerifier, b"short")
@@ -109,31 +123,43 @@ class VerifierTests(SynchronousTestCase):
     def test_single_use(self) -> None:
         verifier = JwtVerifier(SECRET)
         value = mint({"single_use": True, "jti": "one"})
-        self.assertIsNotNone(verifier.verify(value))
-        self.assertIsNone(verifier.verify(value))
-        self.assertIsNotNone(verifier.verify(mint({"single_use": True, "jti": "two"})))
+        self.assertIsNotNone(self.successResultOf(verifier.verify(value)))
+        self.assertIsNone(self.successResultOf(verifier.verify(value)))
+        self.assertIsNotNone(
+            self.successResultOf(verifier.verify(mint({"single_use": True, "jti": "two"})))
+        )
 
     def test_local_record_forgets_at_expiry(self) -> None:
         now = [1000.0]
         record = LocalUsedRecord(lambda: now[0])
-        self.assertTrue(record.claim("a", 1010))
-        self.assertFalse(record.claim("a", 1010))
+        self.assertTrue(self.successResultOf(record.claim("a", 1010)))
+        self.assertFalse(self.successResultOf(record.claim("a", 1010)))
         now[0] = 1011
-        self.assertTrue(record.claim("a", 1100), "the token itself has expired by then")
+        self.assertTrue(
+            self.successResultOf(record.claim("a", 1100)), "the token itself has expired by then"
+        )
 
     def test_one_subject_one_set_of_rules(self) -> None:
         verifier = JwtVerifier(SECRET)
-        self.assertIsNotNone(verifier.verify(mint({"rules": ["allow a.example:1"]})))
-        self.assertIsNone(verifier.verify(mint({"rules": ["allow b.example:1"]})))
-        self.assertIsNotNone(verifier.verify(mint({"sub": "bob", "rules": ["allow b.example:1"]})))
+        self.assertIsNotNone(
+            self.successResultOf(verifier.verify(mint({"rules": ["allow a.example:1"]})))
+        )
+        self.assertIsNone(
+            self.successResultOf(verifier.verify(mint({"rules": ["allow b.example:1"]})))
+        )
+        self.assertIsNotNone(
+            self.successResultOf(
+                verifier.verify(mint({"sub": "bob", "rules": ["allow b.example:1"]}))
+            )
+        )
 
     def test_store_tries_static_tokens_first(self) -> None:
         store = TokenStore([Token(STATIC)], jwt=JwtVerifier(SECRET))
         self.assertEqual(len(store), 2)
-        self.assertIsNotNone(store.authenticate(STATIC))
-        self.assertIsNotNone(store.authenticate(mint({})))
-        self.assertIsNone(store.authenticate("not.a.token"))
-        self.assertIsNone(store.authenticate("unknown-token-0123456789"))
+        self.assertIsNotNone(self.successResultOf(store.authenticate(STATIC)))
+        self.assertIsNotNone(self.successResultOf(store.authenticate(mint({}))))
+        self.assertIsNone(self.successResultOf(store.authenticate("not.a.token")))
+        self.assertIsNone(self.successResultOf(store.authenticate("unknown-token-0123456789")))
 
     def test_claimed_rules_in_the_policy_and_across_reload(self) -> None:
         live = test_config(
@@ -153,17 +179,24 @@ class VerifierTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--jwt-public-key-file", str(path), "--jwt-issuer", "backend"])
         tokens = options["config"].tokens
-        self.assertIsNotNone(tokens.authenticate(mint({"iss": "backend"}, key, "ES256")))
-        self.assertIsNone(tokens.authenticate(mint({"iss": "other"}, key, "ES256")))
+        self.assertIsNotNone(
+            self.successResultOf(tokens.authenticate(mint({"iss": "backend"}, key, "ES256")))
+        )
+        self.assertIsNone(
+            self.successResultOf(tokens.authenticate(mint({"iss": "other"}, key, "ES256")))
+        )
 
     def test_reload_keeps_used_single_use_tokens(self) -> None:
         live = TokenStore(jwt=JwtVerifier(SECRET))
         value = mint({"single_use": True, "jti": "kept"})
-        self.assertIsNotNone(live.authenticate(value))
+        self.assertIsNotNone(self.successResultOf(live.authenticate(value)))
         live.replace(TokenStore(jwt=JwtVerifier(SECRET)))
-        self.assertIsNone(live.authenticate(value))
+        self.assertIsNone(self.successResultOf(live.authenticate(value)))
         live.replace(TokenStore())
-        self.assertIsNone(live.authenticate(mint({})), "signed tokens turned off by the reload")
+        self.assertIsNone(
+            self.successResultOf(live.authenticate(mint({}))),
+            "signed tokens turned off by the reload",
+        )
 
     def test_options(self) -> None:
         directory = temp_dir(self)
@@ -174,8 +207,8 @@ class VerifierTests(SynchronousTestCase):
             ["--jwt-secret-file", str(secret), "--jwt-audience", "tcpsocket", "--jwt-leeway", "5"]
         )
         tokens = options["config"].tokens
-        self.assertIsNotNone(tokens.authenticate(mint({"aud": "tcpsocket"})))
-        self.assertIsNone(tokens.authenticate(mint({})), "no audience")
+        self.assertIsNotNone(self.successResultOf(tokens.authenticate(mint({"aud": "tcpsocket"}))))
+        self.assertIsNone(self.successResultOf(tokens.authenticate(mint({}))), "no audience")
         self.assertEqual(tokens.jwt.leeway, 5)
         self.assertIs(tokens.jwt.claimed_rules, options["config"].policy.claimed)
         secret.write_bytes(b"short")
@@ -234,13 +267,18 @@ async def start_redis(test: Any) -> RedisServer:
 
 
 class RedisRecordTests(TestCase):
+    def record(self, url: str, **options: Any) -> RedisUsedRecord:
+        record = RedisUsedRecord(url, **options)
+        self.addCleanup(record.stop)
+        return record
+
     async def test_single_use_across_verifiers(self) -> None:
         server = await start_redis(self)
-        nodes = [JwtVerifier(SECRET, used=RedisUsedRecord(server.url)) for _ in range(2)]
+        nodes = [JwtVerifier(SECRET, used=self.record(server.url)) for _ in range(2)]
         value = mint({"single_use": True, "jti": "once-across-nodes"})
-        self.assertIsNotNone(nodes[1].verify(value))
-        self.assertIsNone(nodes[0].verify(value), "used on the other node")
-        self.assertIsNone(nodes[1].verify(value))
+        self.assertIsNotNone(await nodes[1].verify(value))
+        self.assertIsNone(await nodes[0].verify(value), "used on the other node")
+        self.assertIsNone(await nodes[1].verify(value))
         import redis
 
         client = redis.Redis.from_url(server.url)
@@ -251,12 +289,27 @@ class RedisRecordTests(TestCase):
 
     async def test_store_down_refuses_single_use(self) -> None:
         server = await start_redis(self)
-        record = RedisUsedRecord(server.url, timeout=0.2)
+        record = self.record(server.url, timeout=0.2)
         server.stop()
         verifier = JwtVerifier(SECRET, used=record)
-        self.assertIsNone(verifier.verify(mint({"single_use": True, "jti": "x"})))
-        self.assertIsNotNone(verifier.verify(mint({})), "other tokens need no store")
+        with self.assertRaises(TokenStoreError) as caught:
+            await verifier.verify(mint({"single_use": True, "jti": "x"}))
+        self.assertIn(f"the used-token store {server.url} failed", str(caught.exception))
+        self.assertIsNotNone(await verifier.verify(mint({})), "other tokens need no store")
         self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_reload_keeps_the_record_of_an_unchanged_store(self) -> None:
+        server = await start_redis(self)
+        live = TokenStore(jwt=JwtVerifier(SECRET, used=self.record(server.url)))
+        kept = live.jwt.used
+        live.replace(TokenStore(jwt=JwtVerifier(SECRET, used=self.record(server.url))))
+        self.assertIs(live.jwt.used, kept, "same store: same client and threads")
+        self.assertIsNotNone(await live.authenticate(mint({"single_use": True, "jti": "r"})))
+        self.assertEqual(len(threads_named("tcpsocket-redis")), 1)
+        other = self.record(server.url.replace("/0", "/1"))
+        live.replace(TokenStore(jwt=JwtVerifier(SECRET, used=other)))
+        self.assertIs(live.jwt.used, other)
+        self.assertEqual(threads_named("tcpsocket-redis"), [], "the store given up is stopped")
 
 
 class JwtSessionTests(TestCase):
@@ -313,9 +366,11 @@ class MintExampleTests(SynchronousTestCase):
             check=True,
         ).stdout.strip()
         verifier = JwtVerifier(SECRET, audience="tcpsocket")
-        token = verifier.verify(minted, "https://mail.example.org")
+        token = self.successResultOf(verifier.verify(minted, "https://mail.example.org"))
         assert token is not None
         self.assertEqual(token.identity, "mail-app")
         self.assertTrue(token.single_use)
         self.assertEqual(len(token.rules), 2)
-        self.assertIsNone(verifier.verify(minted, "https://mail.example.org"), "used")
+        self.assertIsNone(
+            self.successResultOf(verifier.verify(minted, "https://mail.example.org")), "used"
+        )

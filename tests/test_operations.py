@@ -54,8 +54,8 @@ class ConfigFileTests(SynchronousTestCase):
         config = options["config"]
         self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/t.sock"])
         self.assertEqual((config.max_sessions, config.connect_timeout), (2, 2.5))
-        self.assertIsNotNone(config.tokens.authenticate("token-number-one"))
-        self.assertIsNotNone(config.tokens.authenticate("token-number-two"))
+        self.assertIsNotNone(self.successResultOf(config.tokens.authenticate("token-number-one")))
+        self.assertIsNotNone(self.successResultOf(config.tokens.authenticate("token-number-two")))
         self.assertIsNone(config.policy.check("", "imap.example.org", 993))
         self.assertIsNotNone(config.policy.check("", "imap.example.org", 25))
         self.assertTrue(options["json-logs"])

@@ -35,14 +35,17 @@ class TokenStoreReplaceTests(SynchronousTestCase):
         store = TokenStore(
             [Token("old-token-0123456789"), Token("once-token-0123456789", single_use=True)]
         )
-        self.assertIsNotNone(store.authenticate("once-token-0123456789"))
+        self.assertIsNotNone(self.successResultOf(store.authenticate("once-token-0123456789")))
         store.replace(
             [Token("new-token-0123456789", "app"), Token("once-token-0123456789", single_use=True)]
         )
-        self.assertIsNone(store.authenticate("old-token-0123456789"))
-        self.assertEqual(store.authenticate("new-token-0123456789").identity, "app")  # type: ignore[union-attr]
+        self.assertIsNone(self.successResultOf(store.authenticate("old-token-0123456789")))
+        self.assertEqual(
+            self.successResultOf(store.authenticate("new-token-0123456789")).identity, "app"
+        )  # type: ignore[union-attr]
         self.assertIsNone(
-            store.authenticate("once-token-0123456789"), "a used single-use token stays used"
+            self.successResultOf(store.authenticate("once-token-0123456789")),
+            "a used single-use token stays used",
         )
         # The used one is still listed (the file lists it), and still refused.
         self.assertEqual(len(store), 2)
@@ -56,7 +59,7 @@ class TokenStoreReplaceTests(SynchronousTestCase):
         self.assertIs(reloaded.tokens, store)
         self.assertIs(reloaded.policy, fresh.policy)
         self.assertEqual(reloaded.close_timeout, live.close_timeout)  # needs a restart
-        self.assertIsNotNone(store.authenticate("fresh-token-0123456789"))
+        self.assertIsNotNone(self.successResultOf(store.authenticate("fresh-token-0123456789")))
 
 
 def tokens_file(path: Path, *tokens: str) -> None:

@@ -35,14 +35,14 @@ class OptionsTests(SynchronousTestCase):
 
     def test_environment_token(self) -> None:
         config = parse(environ={"WS_RUNTIME_TOKEN": "change-this-secret-token"})["config"]
-        token = config.tokens.authenticate("change-this-secret-token")
+        token = self.successResultOf(config.tokens.authenticate("change-this-secret-token"))
         self.assertEqual((token.identity, token.permissions), ("desktop", {"tcp-socket"}))
-        self.assertIsNone(config.tokens.authenticate("other"))
+        self.assertIsNone(self.successResultOf(config.tokens.authenticate("other")))
 
     def test_token_options_repeat(self) -> None:
         config = parse("--token", "a" * 16, "--token", "b" * 16)["config"]
-        self.assertIsNotNone(config.tokens.authenticate("a" * 16))
-        self.assertIsNotNone(config.tokens.authenticate("b" * 16))
+        self.assertIsNotNone(self.successResultOf(config.tokens.authenticate("a" * 16)))
+        self.assertIsNotNone(self.successResultOf(config.tokens.authenticate("b" * 16)))
 
     def test_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
@@ -55,20 +55,15 @@ class OptionsTests(SynchronousTestCase):
             )
         )
         config = parse("--tokens-file", str(path))["config"]
-        once = config.tokens.authenticate("once" * 4)
+        once = self.successResultOf(config.tokens.authenticate("once" * 4))
         self.assertEqual(once.identity, "app.example")
-        self.assertIsNone(config.tokens.authenticate("once" * 4), "single-use tokens are consumed")
-        self.assertEqual(config.tokens.authenticate("none" * 4).permissions, frozenset())
-
-    def test_used_tokens_file_survives_restart(self) -> None:
-        directory = temp_dir(self)
-        tokens = directory / "tokens.json"
-        tokens.write_text(json.dumps([{"token": "once" * 4, "single_use": True}]))
-        used = str(directory / "used")
-        args = ("--tokens-file", str(tokens), "--used-tokens-file", used)
-        self.assertIsNotNone(parse(*args)["config"].tokens.authenticate("once" * 4))
-        restarted = parse(*args)["config"].tokens
-        self.assertIsNone(restarted.authenticate("once" * 4), "used before the restart")
+        self.assertIsNone(
+            self.successResultOf(config.tokens.authenticate("once" * 4)),
+            "single-use tokens are consumed",
+        )
+        self.assertEqual(
+            self.successResultOf(config.tokens.authenticate("none" * 4)).permissions, frozenset()
+        )
 
     def test_bad_tokens_file(self) -> None:
         path = temp_dir(self) / "tokens.json"
@@ -246,6 +241,21 @@ class OptionsTests(SynchronousTestCase):
         children = list(service)
         self.assertEqual(len([c for c in children if isinstance(c, HangupReload)]), 1)
         self.assertEqual(len(children), 3)  # two listeners and the SIGHUP reload
+
+
+class UsedTokensFileOptionTests(TestCase):
+    async def test_used_tokens_file_survives_restart(self) -> None:
+        directory = temp_dir(self)
+        tokens = directory / "tokens.json"
+        tokens.write_text(json.dumps([{"token": "once" * 4, "single_use": True}]))
+        used = str(directory / "used")
+        args = ("--tokens-file", str(tokens), "--used-tokens-file", used)
+        first = parse(*args)["config"].tokens
+        self.addCleanup(first.stop)
+        self.assertIsNotNone(await first.authenticate("once" * 4))
+        restarted = parse(*args)["config"].tokens
+        self.addCleanup(restarted.stop)
+        self.assertIsNone(await restarted.authenticate("once" * 4), "used before the restart")
 
 
 class TwistdTests(TestCase):

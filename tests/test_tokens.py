@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket.config import ServerConfig
+from tcpsocket.interfaces import TokenStoreError
 from tcpsocket.messages import encode_handshake
 from tcpsocket.site import build_site
 from tcpsocket.tokens import MIN_TOKEN_LENGTH, Token, TokenStore, token_from_json
@@ -20,8 +28,8 @@ WEB = "web-0123456789abcdef"
 class TokenStoreTests(SynchronousTestCase):
     def test_unknown_and_empty(self) -> None:
         store = TokenStore([Token(ABC)])
-        self.assertIsNone(store.authenticate(ABC[:-1] + "0"))
-        self.assertIsNone(store.authenticate(""))
+        self.assertIsNone(self.successResultOf(store.authenticate(ABC[:-1] + "0")))
+        self.assertIsNone(self.successResultOf(store.authenticate("")))
         self.assertRaises(ValueError, store.add, Token(""))
 
     def test_minimum_length(self) -> None:
@@ -34,30 +42,17 @@ class TokenStoreTests(SynchronousTestCase):
 
     def test_single_use(self) -> None:
         store = TokenStore([Token(ONCE, single_use=True)])
-        self.assertIsNotNone(store.authenticate(ONCE))
-        self.assertIsNone(store.authenticate(ONCE))
+        self.assertIsNotNone(self.successResultOf(store.authenticate(ONCE)))
+        self.assertIsNone(self.successResultOf(store.authenticate(ONCE)))
 
     def test_single_use_stays_used_when_added_again(self) -> None:
         store = TokenStore([Token(ONCE, single_use=True)])
-        self.assertIsNotNone(store.authenticate(ONCE))
+        self.assertIsNotNone(self.successResultOf(store.authenticate(ONCE)))
         store.add(Token(ONCE, single_use=True))
-        self.assertIsNone(store.authenticate(ONCE), "the consumption record outlives the set")
-
-    def test_single_use_stays_used_across_restarts(self) -> None:
-        path = temp_dir(self) / "used-tokens"
-        first = TokenStore([Token(ONCE, single_use=True), Token(ABC)], used_tokens_file=path)
-        self.assertIsNotNone(first.authenticate(ONCE))
-        self.assertIsNotNone(first.authenticate(ABC))
-        self.assertEqual(len(path.read_text().split()), 1, "only single-use tokens are recorded")
-        self.assertNotIn(ONCE, path.read_text(), "digests, not tokens, are stored")
-        restarted = TokenStore([Token(ONCE, single_use=True)], used_tokens_file=path)
-        self.assertIsNone(restarted.authenticate(ONCE))
-
-    def test_unwritable_record_refuses_single_use(self) -> None:
-        path = temp_dir(self) / "missing-dir" / "used-tokens"
-        store = TokenStore([Token(ONCE, single_use=True)], used_tokens_file=path)
-        self.assertIsNone(store.authenticate(ONCE), "not accepted unless recorded")
-        self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertIsNone(
+            self.successResultOf(store.authenticate(ONCE)),
+            "the consumption record outlives the set",
+        )
 
     def test_corrupt_record_refused(self) -> None:
         path = temp_dir(self) / "used-tokens"
@@ -68,21 +63,98 @@ class TokenStoreTests(SynchronousTestCase):
         pinned = Token(WEB, origins=frozenset({"https://Mail.Example"}), single_use=True)
         store = TokenStore([pinned])
         self.assertEqual(store.origins(), {"https://mail.example"})
-        self.assertIsNone(store.authenticate(WEB), "no Origin header")
-        self.assertIsNone(store.authenticate(WEB, "https://evil.example"))
-        self.assertIsNotNone(store.authenticate(WEB, "https://mail.example"))
-        self.assertIsNone(store.authenticate(WEB, "https://mail.example"), "consumed")
+        self.assertIsNone(self.successResultOf(store.authenticate(WEB)), "no Origin header")
+        self.assertIsNone(self.successResultOf(store.authenticate(WEB, "https://evil.example")))
+        self.assertIsNotNone(self.successResultOf(store.authenticate(WEB, "https://mail.example")))
+        self.assertIsNone(
+            self.successResultOf(store.authenticate(WEB, "https://mail.example")), "consumed"
+        )
 
     def test_wrong_origin_does_not_consume(self) -> None:
         pinned = Token(WEB, origins=frozenset({"https://a.example"}), single_use=True)
         store = TokenStore([pinned])
-        self.assertIsNone(store.authenticate(WEB, "https://b.example"))
-        self.assertIsNotNone(store.authenticate(WEB, "https://a.example"))
+        self.assertIsNone(self.successResultOf(store.authenticate(WEB, "https://b.example")))
+        self.assertIsNotNone(self.successResultOf(store.authenticate(WEB, "https://a.example")))
 
     def test_from_json(self) -> None:
         token = token_from_json({"token": "t", "origins": ["https://A.example"]})
         self.assertEqual(token.origins, {"https://a.example"})
         self.assertRaises(ValueError, token_from_json, {"token": "t", "origins": "https://a"})
+
+
+class UsedTokensFileTests(TestCase):
+    """The record of used tokens in a file: written on a thread of the store's own."""
+
+    def store(self, path: Path, *tokens: Token, timeout: float = 2.0) -> TokenStore:
+        store = TokenStore(tokens, used_tokens_file=path, used_tokens_timeout=timeout)
+        self.addCleanup(store.stop)
+        return store
+
+    async def test_single_use_stays_used_across_restarts(self) -> None:
+        path = temp_dir(self) / "used-tokens"
+        first = self.store(path, Token(ONCE, single_use=True), Token(ABC))
+        self.assertIsNotNone(await first.authenticate(ONCE))
+        self.assertIsNotNone(await first.authenticate(ABC))
+        self.assertEqual(len(path.read_text().split()), 1, "only single-use tokens are recorded")
+        self.assertNotIn(ONCE, path.read_text(), "digests, not tokens, are stored")
+        restarted = self.store(path, Token(ONCE, single_use=True))
+        self.assertIsNone(await restarted.authenticate(ONCE))
+
+    async def test_unwritable_record_refuses_single_use(self) -> None:
+        path = temp_dir(self) / "missing-dir" / "used-tokens"
+        store = self.store(path, Token(ONCE, single_use=True))
+        with self.assertRaises(TokenStoreError) as caught:
+            await store.authenticate(ONCE)
+        self.assertIn("cannot record it in", str(caught.exception))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    async def test_racing_handshakes_one_token(self) -> None:
+        """Two checks of one single-use token in flight at once: the second is refused."""
+        path = temp_dir(self) / "used-tokens"
+        store = self.store(path, Token(ONCE, single_use=True))
+        with held_lock(path):
+            first, second = store.authenticate(ONCE), store.authenticate(ONCE)
+            self.assertNoResult(first)
+            self.assertNoResult(second)
+        answers = await gatherResults([first, second])
+        self.assertEqual([a is not None for a in answers], [True, False])
+        self.assertEqual(len(path.read_text().split()), 1)
+
+    async def test_lock_held_by_another_process(self) -> None:
+        """The check waits for the lock off the reactor; past the timeout, it is refused."""
+        path = temp_dir(self) / "used-tokens"
+        store = self.store(path, Token(ONCE, single_use=True), timeout=1.0)
+        with held_lock(path):
+            waiting = store.authenticate(ONCE)
+            self.assertNoResult(waiting)  # the reactor goes on: this test runs
+            with self.assertRaises(TokenStoreError) as caught:
+                await waiting
+        self.assertIn(f"cannot record it in {path}", str(caught.exception))
+        self.assertIsNotNone(await store.authenticate(ONCE), "refused, not used up")
+
+    async def test_stop_ends_the_thread(self) -> None:
+        path = temp_dir(self) / "used-tokens"
+        store = self.store(path, Token(ONCE, single_use=True))
+        self.assertIsNotNone(await store.authenticate(ONCE))
+        self.assertTrue(threads_named("tcpsocket-used-tokens"))
+        store.stop()
+        self.assertFalse(threads_named("tcpsocket-used-tokens"))
+
+
+@contextmanager
+def held_lock(path: Path) -> Iterator[None]:
+    """Hold the file's exclusive ``flock``, as another process would."""
+    with path.open("a+") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+def threads_named(name: str) -> list[threading.Thread]:
+    """The live threads whose name has ``name`` in it."""
+    return [thread for thread in threading.enumerate() if name in thread.name]
 
 
 class OriginSessionTests(TestCase):

@@ -290,10 +290,14 @@ class UnitTests(SynchronousTestCase):
         info = b'# HELP t_info V.\n# TYPE t_info gauge\nt_info{version="1"} 1.0\n'
         self.assertIn('t_info{version="1"} 1.0', add_metrics([info, info]).decode())
 
-    def test_used_tokens_file_shared_by_processes(self) -> None:
+
+class UsedTokensFileTests(TestCase):
+    async def test_used_tokens_file_shared_by_processes(self) -> None:
         path = temp_dir(self) / "used"
         token = Token(ONCE, single_use=True)
         first, second = (TokenStore([token], used_tokens_file=path) for _ in range(2))
-        self.assertIsNotNone(first.authenticate(ONCE))
-        self.assertIsNone(second.authenticate(ONCE), "read again under the lock")
+        for store in (first, second):
+            self.addCleanup(store.stop)
+        self.assertIsNotNone(await first.authenticate(ONCE))
+        self.assertIsNone(await second.authenticate(ONCE), "read again under the lock")
         self.assertEqual(len(path.read_text().split()), 1)
