@@ -20,7 +20,8 @@
 //       Every echoed byte is checked against what was sent (message k of socket s carries k
 //       as 4 bytes big-endian, then a pattern of s, k and the offset), and every send reply
 //       is counted. Both ends cost little per message: whole reads are parsed in place, and
-//       what a read calls for leaves in one write per session.
+//       the messages that the reads of one event-loop turn make room for leave in one write
+//       per session.
 //
 // Written from RFC 6455 (client frames masked with a fresh key each) and protocol.md A.
 // Loopback only: it connects to 127.0.0.1 and nothing else.
@@ -225,6 +226,7 @@ class Session {
     this.onAck = null;
     this.closed = false;
     this.closeCode = null;
+    this.dirty = false;
   }
 
   request() {
@@ -394,7 +396,11 @@ class Session {
       pos = end;
     }
     this.buf = pos < size ? buf.subarray(pos) : null;
-    if (this.client.active) this.refill();
+    if (this.client.active && !this.dirty) {
+      // Top up after every read of this event-loop turn: one write for all of them.
+      this.dirty = true;
+      this.client.schedule(this);
+    }
   }
 
   message(buf, pos, end) {
@@ -598,6 +604,8 @@ class Client {
     this.echoedBytes = 0;
     this.mismatches = 0;
     this.errors = [];
+    this.dirtySessions = [];
+    this.flush = this.flush.bind(this);
     this.t0 = process.hrtime.bigint();
   }
 
@@ -614,6 +622,20 @@ class Client {
       mismatches: this.mismatches,
       errors: this.errors.length,
     };
+  }
+
+  schedule(session) {
+    this.dirtySessions.push(session);
+    if (this.dirtySessions.length === 1) setImmediate(this.flush);
+  }
+
+  flush() {
+    const sessions = this.dirtySessions;
+    this.dirtySessions = [];
+    for (const s of sessions) {
+      s.dirty = false;
+      if (this.active && !s.closed) s.refill();
+    }
   }
 
   async start() {

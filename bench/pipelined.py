@@ -214,6 +214,7 @@ def summarize(
         "batch": ready["batch"],
         "size": size,
         "seconds": seconds,
+        "wall_seconds": wall,
         "round_trips": round_trips,
         "rt_per_s": round_trips / seconds if seconds else 0.0,
         "server_cpu_us_per_rt": server / round_trips * 1e6 if round_trips else float("nan"),
