@@ -31,11 +31,12 @@ from bench.targets import TOKEN, Processes, ServerTarget
 from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 
 SCRIPT = Path(__file__).resolve().parent / "echo_load.js"
-#: Defaults: 100 sessions x 4 sockets, 8 messages of 64 bytes in flight on each.
+#: Defaults: 100 sessions x 4 sockets, up to 16 messages of 64 bytes in flight on each,
+#: topped up 8 at a time.
 SESSIONS = 100
 SOCKETS = 4
-DEPTH = 8
-BATCH = 4
+DEPTH = 16
+BATCH = 8
 SIZE = 64
 
 
