@@ -66,6 +66,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "pipelined": {"sessions": 100, "sockets": 4, "depth": 16, "batch": 8},
         "pipelined_seconds": 5.0,
         "pipelined_rounds": 3,
+        "pipelined_nice": pipelined.NICE,
     },
     "quick": {
         "bulk_bytes": 64 * MiB,
@@ -82,6 +83,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "pipelined": {"sessions": 100, "sockets": 4, "depth": 16, "batch": 8},
         "pipelined_seconds": 2.0,
         "pipelined_rounds": 1,
+        "pipelined_nice": pipelined.NICE,
     },
 }
 
@@ -367,7 +369,12 @@ async def run_pipelined(
     for _ in range(plan["pipelined_rounds"]):
         for target in group:
             result = await pipelined.pipelined_echo(
-                target, remote_port, remote_pid, plan["pipelined_seconds"], **plan["pipelined"]
+                target,
+                remote_port,
+                remote_pid,
+                plan["pipelined_seconds"],
+                **plan["pipelined"],
+                nice=plan["pipelined_nice"],
             )
             rounds[target.name].append(result)
             log(
@@ -640,6 +647,22 @@ def _cores(result: dict[str, Any]) -> str:
     )
 
 
+def _predicted(most: dict[str, Any], one: dict[str, Any], workers: int) -> str:
+    """What the CPU costs per round trip predict on idle cores, whatever else ran: one
+    process is bound by one core, ``workers`` processes by the cores they share with the
+    client and the remote."""
+    cores = len(os.sched_getaffinity(0))
+    d1 = one["server_cpu_us_per_rt"]
+    dn = most["server_cpu_us_per_rt"]
+    beside = most["client_cpu_us_per_rt"] + most["remote_cpu_us_per_rt"]
+    rate_one = 1 / d1
+    rate_most = min(workers / dn, cores / (dn + beside))
+    return (
+        f"CPU per round trip: server {d1:.0f} vs {dn:.0f} us, client + remote"
+        f" {beside:.1f} us; on {cores} idle cores these predict {rate_most / rate_one:.2f}x"
+    )
+
+
 def _workers_goal(results: dict[str, Any], plan: dict[str, Any]) -> list[str]:
     """The workers sweep's target: the most workers' aggregate echo on many sessions
     >= 1.8x one worker's, on the pipelined workload (where the daemon is the bottleneck),
@@ -660,6 +683,7 @@ def _workers_goal(results: dict[str, Any], plan: dict[str, Any]) -> list[str]:
             f"- {text} (pipelined echo): {'met' if ratio >= 1.8 else 'NOT met'}"
             f" ({a['rt_per_s']:,.0f} vs {b['rt_per_s']:,.0f} round trips/s, {ratio:.2f}x{checked})",
             f"  CPU in cores: {one}: {_cores(b)}; {most}: {_cores(a)}",
+            f"  {_predicted(a, b, int(most[len('tcpsocket-w') :]))}",
         ]
     if not plan["many"]:
         return [f"- {text}: not measured"]
@@ -757,6 +781,13 @@ def main(argv: list[str] | None = None) -> int:
         "x messages per top-up (default 100x4x16x8)",
     )
     parser.add_argument(
+        "--pipelined-nice",
+        type=int,
+        metavar="N",
+        help=f"nice value of the pipelined echo's Node client and remote (default "
+        f"{pipelined.NICE}; 0: the daemon's priority)",
+    )
+    parser.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the servers' logs (kept anyway when the run fails)",
@@ -778,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         plan["many"] = [int(x) for x in args.sockets.split(",") if x]
     if args.streams:
         plan["streams"] = args.streams
+    if args.pipelined_nice is not None:
+        plan["pipelined_nice"] = args.pipelined_nice
     if args.pipelined_shape:
         values = [int(x) for x in args.pipelined_shape.split("x")]
         if len(values) != 4:
@@ -825,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         remote_port, remote_pid = start_remote(processes)
         if run_pipelined_echo:
-            args.pipelined_remote = pipelined.start_echo_remote(processes)
+            args.pipelined_remote = pipelined.start_echo_remote(processes, plan["pipelined_nice"])
         for name in wanted:
             if name == "direct":
                 targets.append(DirectTarget(remote_port))

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.pipelined import pipelined_echo, start_echo_remote
+from bench.pipelined import NICE, pipelined_echo, start_echo_remote
 from bench.targets import DaemonTarget, Processes
 from tests.support import temp_dir
 
@@ -58,6 +58,8 @@ class PipelinedEchoTests(SynchronousTestCase):
 
     def test_one_process(self) -> None:
         remote_port, remote_pid = start_echo_remote(self.processes)
+        # The load generator yields the CPU to the daemon.
+        self.assertEqual(os.getpriority(os.PRIO_PROCESS, remote_pid), NICE)
         target = self.daemon()
         result = run(pipelined_echo(target, remote_port, remote_pid, 1.0, warmup=0.3, **SHAPE))
         self.assert_consistent(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -91,6 +92,9 @@ class TableTests(SynchronousTestCase):
                 "rt_per_s": rate,
                 "server_cores": sum(per),
                 "server_process_cores": list(per),
+                "server_cpu_us_per_rt": 30.0,
+                "client_cpu_us_per_rt": 2.0,
+                "remote_cpu_us_per_rt": 1.0,
                 "client_cores": 0.05,
                 "remote_cores": 0.04,
                 "other_cores": 0.01,
@@ -106,12 +110,15 @@ class TableTests(SynchronousTestCase):
             "pipelined": pipelined(37000.0, 0.0, 0.9, 0.88),
         }
         text = goals(found, PLAN)
+        cores = len(os.sched_getaffinity(0))
         self.assertIn(
             "- tcpsocket-w2 aggregate echo on many sessions >= 1.8x tcpsocket-w1's"
             " (pipelined echo): met (37,000 vs 20,000 round trips/s, 1.85x)\n"
             "  CPU in cores: tcpsocket-w1: server 0.95 (0.95), client 0.05, remote 0.04,"
             " others 0.01; tcpsocket-w2: server 1.78 (0.90 + 0.88 + 0.00), client 0.05,"
-            " remote 0.04, others 0.01",
+            " remote 0.04, others 0.01\n"
+            f"  CPU per round trip: server 30 vs 30 us, client + remote 3.0 us; on {cores} idle"
+            f" cores these predict {min(2.0, cores * 30 / 33):.2f}x",
             text,
         )
         found["tcpsocket-w2"]["pipelined"] = pipelined(30000.0, 0.0, 0.9, 0.7, ok=0)
