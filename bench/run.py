@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import procstat, workloads
+from bench import pipelined, procstat, workloads
 from bench.client import SEND_WINDOW, WRITE_HIGH
 from bench.targets import (
     DaemonTarget,
@@ -63,6 +63,10 @@ PLANS: dict[str, dict[str, Any]] = {
         "streams": 100,
         "stream_bytes": 4 * MiB,
         "stream_repeats": 5,
+        "pipelined": {"sessions": 100, "sockets": 4, "depth": 16, "batch": 8},
+        "pipelined_seconds": 5.0,
+        "pipelined_rounds": 3,
+        "pipelined_nice": pipelined.NICE,
     },
     "quick": {
         "bulk_bytes": 64 * MiB,
@@ -76,6 +80,10 @@ PLANS: dict[str, dict[str, Any]] = {
         "streams": 100,
         "stream_bytes": 1 * MiB,
         "stream_repeats": 1,
+        "pipelined": {"sessions": 100, "sockets": 4, "depth": 16, "batch": 8},
+        "pipelined_seconds": 2.0,
+        "pipelined_rounds": 1,
+        "pipelined_nice": pipelined.NICE,
     },
 }
 
@@ -313,6 +321,10 @@ async def run_all(
                 results[target.name]["profile"] = await profile_daemon(
                     target, remote_pid, size, Path(args.profile)
                 )
+    if args.pipelined_remote is not None:
+        found = await run_pipelined(targets, plan, args.pipelined_remote, log)
+        for name, result in found.items():
+            results[name]["pipelined"] = result
     if not args.skip_many:
         for count in plan["many"]:
             for target in targets:
@@ -344,6 +356,42 @@ async def run_all(
             if isinstance(target, ServerTarget) and target.proc is None:
                 target.start()
     return results
+
+
+async def run_pipelined(
+    targets: list[Target], plan: dict[str, Any], remote: tuple[int, int], log: Any
+) -> dict[str, dict[str, Any]]:
+    """Many sessions, pipelined echo with the Node client (bench/echo_load.js) on every
+    plain tcpsocket target, the targets taking turns; the median round is kept."""
+    group = [t for t in targets if type(t) is DaemonTarget]
+    remote_port, remote_pid = remote
+    rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in group}
+    for _ in range(plan["pipelined_rounds"]):
+        for target in group:
+            result = await pipelined.pipelined_echo(
+                target,
+                remote_port,
+                remote_pid,
+                plan["pipelined_seconds"],
+                **plan["pipelined"],
+                nice=plan["pipelined_nice"],
+            )
+            rounds[target.name].append(result)
+            log(
+                f"  pipelined {target.name:12} {result['rt_per_s']:8.0f} rt/s"
+                f"  server {result['server_cpu_us_per_rt']:.0f} us/rt,"
+                f" {result['server_cores']:.2f} cores"
+                f" ({' + '.join(f'{c:.2f}' for c in result['server_process_cores'])}),"
+                f" client {result['client_cores']:.2f}, remote {result['remote_cores']:.2f},"
+                f" others {result['other_cores']:.2f}"
+                + ("" if result["checks"]["ok"] else f"  CHECKS FAILED {result['checks']}")
+            )
+    found: dict[str, dict[str, Any]] = {}
+    for name, runs in rounds.items():
+        chosen = _median_run(runs, "rt_per_s")
+        chosen["checks_ok"] = int(all(r["checks"]["ok"] for r in runs))
+        found[name] = chosen
+    return found
 
 
 # -- the table -----------------------------------------------------------------
@@ -400,6 +448,31 @@ def _rows(plan: dict[str, Any]) -> list[Row]:
         ("  server CPU s per GiB", "streams.server_cpu_s_per_GiB", 2, "lower"),
         ("  fairness at half-time: Jain index", "streams.half_jain", 2, "higher"),
         ("  fairness at half-time: streams at 0 bytes", "streams.half_streams_at_zero", 0, "lower"),
+    ]
+    shape = plan.get("pipelined")
+    if shape:
+        rows += [
+            (
+                f"many sessions, pipelined echo ({shape['sessions']} sessions x"
+                f" {shape['sockets']} sockets, up to {shape['depth']} x 64 B in flight each),"
+                " round trips/s",
+                "pipelined.rt_per_s",
+                0,
+                "higher",
+            ),
+            ("  server CPU us per round trip", "pipelined.server_cpu_us_per_rt", 0, "lower"),
+            ("  server CPU, cores", "pipelined.server_cores", 2, "info"),
+            ("  client CPU (Node), cores", "pipelined.client_cores", 2, "info"),
+            ("  remote CPU (Node), cores", "pipelined.remote_cores", 2, "info"),
+            ("  other processes' CPU, cores", "pipelined.other_cores", 2, "info"),
+            (
+                "  every byte echoed, every send answered (1 = yes)",
+                "pipelined.checks_ok",
+                0,
+                "info",
+            ),
+        ]
+    rows += [
         ("client CPU % during download", "download.client_cpu_util", -1, "info"),
         ("client CPU % during upload", "upload.client_cpu_util", -1, "info"),
         ("client CPU % during echo", "echo.client_cpu_util", -1, "info"),
@@ -551,19 +624,7 @@ def goals(results: dict[str, Any], plan: dict[str, Any]) -> str:
                 "{a:,.0f} vs {b:,.0f} MB/s",
             )
         )
-    sweep = sorted(n for n in results if n.startswith("tcpsocket-w"))
-    if len(sweep) > 1 and plan["many"]:
-        one, most = sweep[0], sweep[-1]
-        path = f"many_{max(plan['many'])}.echo_rt_per_s"
-        lines.append(
-            check(
-                f"{most} aggregate echo on many sessions >= 1.8x {one}'s",
-                get(most, path),
-                get(one, path),
-                lambda a, b: a >= 1.8 * b,
-                "{a:,.0f} vs {b:,.0f} round trips/s",
-            )
-        )
+    lines += _workers_goal(results, plan)
     if plan["many"]:
         many = max(plan["many"])
         lines.append(
@@ -576,6 +637,64 @@ def goals(results: dict[str, Any], plan: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _cores(result: dict[str, Any]) -> str:
+    per = " + ".join(f"{c:.2f}" for c in sorted(result["server_process_cores"], reverse=True))
+    return (
+        f"server {result['server_cores']:.2f} ({per}), client {result['client_cores']:.2f},"
+        f" remote {result['remote_cores']:.2f}, others {result['other_cores']:.2f}"
+    )
+
+
+def _predicted(most: dict[str, Any], one: dict[str, Any], workers: int) -> str:
+    """What the CPU costs per round trip predict on idle cores, whatever else ran: one
+    process is bound by one core, ``workers`` processes by the cores they share with the
+    client and the remote."""
+    cores = len(os.sched_getaffinity(0))
+    d1 = one["server_cpu_us_per_rt"]
+    dn = most["server_cpu_us_per_rt"]
+    beside = most["client_cpu_us_per_rt"] + most["remote_cpu_us_per_rt"]
+    rate_one = 1 / d1
+    rate_most = min(workers / dn, cores / (dn + beside))
+    return (
+        f"CPU per round trip: server {d1:.0f} vs {dn:.0f} us, client + remote"
+        f" {beside:.1f} us; on {cores} idle cores these predict {rate_most / rate_one:.2f}x"
+    )
+
+
+def _workers_goal(results: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The workers sweep's target: the most workers' aggregate echo on many sessions
+    >= 1.8x one worker's, on the pipelined workload (where the daemon is the bottleneck),
+    with the CPU shares in cores; on the many-sockets workload if that one was skipped."""
+    sweep = sorted(
+        (n for n in results if n.startswith("tcpsocket-w")),
+        key=lambda n: int(n[len("tcpsocket-w") :]),
+    )
+    if len(sweep) < 2:
+        return []
+    one, most = sweep[0], sweep[-1]
+    text = f"{most} aggregate echo on many sessions >= 1.8x {one}'s"
+    a, b = results[most].get("pipelined"), results[one].get("pipelined")
+    if a and b:
+        ratio = a["rt_per_s"] / b["rt_per_s"] if b["rt_per_s"] else float("nan")
+        checked = "" if a.get("checks_ok") and b.get("checks_ok") else "; CHECKS FAILED"
+        return [
+            f"- {text} (pipelined echo): {'met' if ratio >= 1.8 else 'NOT met'}"
+            f" ({a['rt_per_s']:,.0f} vs {b['rt_per_s']:,.0f} round trips/s, {ratio:.2f}x{checked})",
+            f"  CPU in cores: {one}: {_cores(b)}; {most}: {_cores(a)}",
+            f"  {_predicted(a, b, int(most[len('tcpsocket-w') :]))}",
+        ]
+    if not plan["many"]:
+        return [f"- {text}: not measured"]
+    path = f"many_{max(plan['many'])}.echo_rt_per_s"
+    x, y = _get(results, most, path), _get(results, one, path)
+    if x is None or y is None:
+        return [f"- {text}: not measured"]
+    return [
+        f"- {text} (many-sockets workload; its Python client may be the limit):"
+        f" {'met' if x >= 1.8 * y else 'NOT met'} ({x:,.0f} vs {y:,.0f} round trips/s)"
+    ]
 
 
 def _load(values: list[float]) -> str:
@@ -649,6 +768,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--streams", type=int, help="streams of the 100-stream workload")
     parser.add_argument(
+        "--pipelined",
+        action="store_true",
+        help="run the many-sessions pipelined echo (Node client, bench/echo_load.js) on the "
+        "tcpsocket targets; on by default in a workers sweep",
+    )
+    parser.add_argument("--skip-pipelined", action="store_true")
+    parser.add_argument(
+        "--pipelined-shape",
+        metavar="SxKxDxB",
+        help="pipelined echo: sessions x sockets per session x messages in flight per socket "
+        "x messages per top-up (default 100x4x16x8)",
+    )
+    parser.add_argument(
+        "--pipelined-nice",
+        type=int,
+        metavar="N",
+        help=f"nice value of the pipelined echo's Node client and remote (default "
+        f"{pipelined.NICE}; 0: the daemon's priority)",
+    )
+    parser.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the servers' logs (kept anyway when the run fails)",
@@ -670,6 +809,15 @@ def main(argv: list[str] | None = None) -> int:
         plan["many"] = [int(x) for x in args.sockets.split(",") if x]
     if args.streams:
         plan["streams"] = args.streams
+    if args.pipelined_nice is not None:
+        plan["pipelined_nice"] = args.pipelined_nice
+    if args.pipelined_shape:
+        values = [int(x) for x in args.pipelined_shape.split("x")]
+        if len(values) != 4:
+            parser.error("--pipelined-shape wants SESSIONSxSOCKETSxDEPTHxBATCH, e.g. 100x4x16x8")
+        plan["pipelined"] = dict(
+            zip(("sessions", "sockets", "depth", "batch"), values, strict=True)
+        )
     settings: dict[str, int] = {"max_sockets_per_session": 200}
     for item in args.daemon_set:
         name, _, value = item.partition("=")
@@ -693,6 +841,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             log(notes["workers"])
 
+    run_pipelined_echo = (
+        "tcpsocket" in wanted and not args.skip_pipelined and (args.pipelined or len(workers) > 1)
+    )
+    if not run_pipelined_echo:
+        plan.pop("pipelined", None)
+    args.pipelined_remote = None
+
     info = machine_info()
     load_before = procstat.loadavg()
     logdir = Path(tempfile.mkdtemp(prefix="tcpsocket-bench-"))
@@ -702,6 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = []
     try:
         remote_port, remote_pid = start_remote(processes)
+        if run_pipelined_echo:
+            args.pipelined_remote = pipelined.start_echo_remote(processes, plan["pipelined_nice"])
         for name in wanted:
             if name == "direct":
                 targets.append(DirectTarget(remote_port))

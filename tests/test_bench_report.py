@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -74,12 +75,60 @@ class TableTests(SynchronousTestCase):
         found["tcpsocket-w1"] = found.pop("tcpsocket")
         found["tcpsocket-w1"]["many_100"]["echo_rt_per_s"] = 10000.0
         found["tcpsocket-w2"] = {"many_100": {"echo_rt_per_s": 17000.0}}
+        # Without the pipelined workload, the many-sockets one (saying what may limit it).
         self.assertIn(
-            "- tcpsocket-w2 aggregate echo on many sessions >= 1.8x tcpsocket-w1's: NOT met"
+            "- tcpsocket-w2 aggregate echo on many sessions >= 1.8x tcpsocket-w1's"
+            " (many-sockets workload; its Python client may be the limit): NOT met"
             " (17,000 vs 10,000 round trips/s)",
             goals(found, PLAN),
         )
         self.assertNotIn("aggregate echo on many sessions", goals(results(), PLAN))
+
+    def test_workers_sweep_goal_pipelined(self) -> None:
+        """The pipelined workload decides, and the CPU shares are stated beside it."""
+
+        def pipelined(rate: float, *per: float, ok: int = 1) -> dict[str, Any]:
+            return {
+                "rt_per_s": rate,
+                "server_cores": sum(per),
+                "server_process_cores": list(per),
+                "server_cpu_us_per_rt": 30.0,
+                "client_cpu_us_per_rt": 2.0,
+                "remote_cpu_us_per_rt": 1.0,
+                "client_cores": 0.05,
+                "remote_cores": 0.04,
+                "other_cores": 0.01,
+                "checks_ok": ok,
+            }
+
+        found = results()
+        found["tcpsocket-w1"] = found.pop("tcpsocket")
+        found["tcpsocket-w1"]["many_100"]["echo_rt_per_s"] = 10000.0
+        found["tcpsocket-w1"]["pipelined"] = pipelined(20000.0, 0.95)
+        found["tcpsocket-w2"] = {
+            "many_100": {"echo_rt_per_s": 12000.0},
+            "pipelined": pipelined(37000.0, 0.0, 0.9, 0.88),
+        }
+        text = goals(found, PLAN)
+        cores = len(os.sched_getaffinity(0))
+        self.assertIn(
+            "- tcpsocket-w2 aggregate echo on many sessions >= 1.8x tcpsocket-w1's"
+            " (pipelined echo): met (37,000 vs 20,000 round trips/s, 1.85x)\n"
+            "  CPU in cores: tcpsocket-w1: server 0.95 (0.95), client 0.05, remote 0.04,"
+            " others 0.01; tcpsocket-w2: server 1.78 (0.90 + 0.88 + 0.00), client 0.05,"
+            " remote 0.04, others 0.01\n"
+            f"  CPU per round trip: server 30 vs 30 us, client + remote 3.0 us; on {cores} idle"
+            f" cores these predict {min(2.0, cores * 30 / 33):.2f}x",
+            text,
+        )
+        found["tcpsocket-w2"]["pipelined"] = pipelined(30000.0, 0.0, 0.9, 0.7, ok=0)
+        self.assertIn(
+            "NOT met (30,000 vs 20,000 round trips/s, 1.50x; CHECKS FAILED)", goals(found, PLAN)
+        )
+        rows = [line for line in table(found, PLAN).splitlines() if "pipelined echo" in line]
+        self.assertEqual(len(rows), 1)
+        self.assertIn("| 20,000 | 30,000 |", rows[0])
+        self.assertTrue(rows[0].endswith("| 1.50x |"), rows[0])  # tcpsocket-w2 / tcpsocket-w1
 
 
 class GoalTests(SynchronousTestCase):
