@@ -268,7 +268,13 @@ class SessionClient:
         reply = await self.open(service, host, port)
         assert reply.reply is Reply.OPEN_SUCCESS, reply
         assert isinstance(reply.value, int)
-        await self.enable(service, reply.value, *events)
+        # DATA last: until it is enabled the daemon holds every event, so a remote
+        # that sends and closes at once cannot finish (and forget) the socket
+        # before the client has enabled the rest.  The daemon's read size must
+        # not decide whether this client's requests win that race.
+        await self.enable(
+            service, reply.value, *sorted(events, key=lambda event: event is Event.DATA)
+        )
         return reply.value
 
     def send(self, service: int, socket_id: int, data: bytes) -> defer.Deferred[SocketReply]:
