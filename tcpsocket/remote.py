@@ -113,6 +113,11 @@ class SocketOwner:
         """Whether the client's WebSocket has too much queued."""
         return False
 
+    @property
+    def waiting_for_room(self) -> int:
+        """How many sockets hold DATA because of congestion."""
+        return 0
+
     def wait_for_room(self, socket: RemoteSocket) -> None:
         """``socket`` holds DATA because of congestion: ``serve_turn`` it when there is room."""
 
@@ -167,8 +172,10 @@ class RemoteSocket(Protocol):
         self._drain_owed = False
         self._drain_pending = False
         # downstream
-        self._events: deque[tuple[Event, bytes]] = deque()
+        # A DATA event cut by a shared turn keeps its rest as a view (not copied).
+        self._events: deque[tuple[Event, bytes | memoryview]] = deque()
         self._held = 0
+        self._last_read = 0
         self._enabled: set[Event] = set()
         self._suspends = 0
         self._reading_paused = False
@@ -215,17 +222,37 @@ class RemoteSocket(Protocol):
         self.config.metrics.socket_connected(self)
         transport: Any = self.transport
         # The transport's buffer size is where it pauses us as a producer (a
-        # contract of send); it reads apart from it, in larger chunks.
+        # contract of send); it reads apart from it, as next_read_size() says.
         set_buffer_size(transport, self.config.high_water_mark)
-        set_read_size(transport, self.config.read_size)
+        set_read_size(transport, self)
         transport.registerProducer(_TransportFlow(self), True)
         if ITCPTransport.providedBy(transport):
             # Interactive protocols (SSH, IRC) must not wait for Nagle.
             transport.setTcpNoDelay(True)
         self._update_reading()
 
+    def next_read_size(self) -> int:
+        """How many bytes to read from the remote at once (asked before every read).
+
+        ``read_size`` in a bulk transfer the client takes (the last read filled
+        the high-water mark, DATA is enabled and not suspended): while DATA goes
+        straight to the client, or, on a congested session, for one socket at a
+        time that holds nothing yet.  Else at most the mark: held DATA stays
+        under twice the mark, and small exchanges (echo) allocate no large
+        read buffer.
+        """
+        config = self.config
+        small = min(config.read_size, config.high_water_mark)
+        if self._last_read < small or not self._waits_for_room():
+            return small
+        owner = self.owner
+        if owner.congested and (self._held or owner.waiting_for_room):
+            return small
+        return config.read_size
+
     def dataReceived(self, data: bytes) -> None:
-        self.bytes_received += len(data)
+        self._last_read = len(data)
+        self.bytes_received += self._last_read
         events = self._events
         if not events:
             if self._data_flows():
@@ -368,9 +395,25 @@ class RemoteSocket(Protocol):
         else:
             self._enabled.discard(event)
 
-    def serve_turn(self) -> bool:
+    def serve_turn(self, shared: bool = False) -> bool:
         """The WebSocket has room: deliver one held DATA event (and what follows it up
-        to the next DATA); return whether more DATA waits for the client."""
+        to the next DATA); return whether more DATA waits for the client.
+
+        ``shared``: other sockets wait for a turn too, so a DATA event over the
+        high-water mark gives only that many bytes this turn (turns stay fair by
+        bytes when one large read was held).
+        """
+        events = self._events
+        quantum = self.config.high_water_mark
+        if shared and events and events[0][0] is Event.DATA and len(events[0][1]) > quantum:
+            if not self._data_flows():
+                return False
+            content = memoryview(events[0][1])
+            events[0] = (Event.DATA, content[quantum:])
+            self._held -= quantum
+            self.owner.send_data(self, bytes(content[:quantum]))
+            self._update_reading()
+            return self._waits_for_room()
         self._pump(data_events=1)
         return bool(self._events) and self._events[0][0] is Event.DATA and self._waits_for_room()
 
@@ -445,13 +488,14 @@ class RemoteSocket(Protocol):
                     continue
                 break
             events.popleft()
+            # bytes() of bytes is the same object: only a cut event's rest is copied.
             if event is Event.DATA:
                 self._held -= len(content)
-                self.owner.send_data(self, content)
+                self.owner.send_data(self, bytes(content))
                 continue
             if event is Event.CLOSE:
                 self._close_delivered = True
-            self.owner.send_event(self, content)
+            self.owner.send_event(self, bytes(content))
             if event is Event.CLOSE:
                 self.owner.socket_finished(self)
         self._update_reading()

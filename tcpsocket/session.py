@@ -142,6 +142,10 @@ class SessionProtocol(WebSocketServerProtocol):
     def congested(self) -> bool:
         return self._share.congested
 
+    @property
+    def waiting_for_room(self) -> int:
+        return len(self._share)
+
     def wait_for_room(self, socket: Waiter) -> None:
         self._share.wait(socket)
 

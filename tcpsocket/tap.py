@@ -200,9 +200,9 @@ class Options(usage.Options):
         [
             "read-size",
             None,
-            64 * 1024,
-            "Bytes read from a remote at once (held DATA may exceed the high-water mark "
-            "by one read).",
+            1024 * 1024,
+            "Bytes read from a remote at once while its DATA flows to the client in bulk; "
+            "held DATA is read no more than the high-water mark at a time.",
             _positive_int,
         ],
         [
@@ -210,7 +210,8 @@ class Options(usage.Options):
             None,
             0,
             "Bytes of heap glibc keeps at the top when it grows or trims it (M_TOP_PAD; "
-            "0: glibc's default). A few MiB spare the system calls of large reads.",
+            "0: glibc's default). Setting it also stops glibc's adaptive mmap threshold; "
+            "it measured no faster (doc/performance.md).",
             _non_negative_int,
         ],
         [
