@@ -98,6 +98,10 @@ def describe_failure(failure: Failure) -> str:
 class SocketOwner:
     """Where a socket's events go: a session's service (or nowhere once released)."""
 
+    #: Its sockets whose last read filled the high-water mark (bulk transfers);
+    #: kept by the sockets.  Only a sole one reads ``read_size`` at once.
+    bulk_readers = 0
+
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         """Deliver one event of ``socket`` to the client."""
 
@@ -175,7 +179,8 @@ class RemoteSocket(Protocol):
         # A DATA event cut by a shared turn keeps its rest as a view (not copied).
         self._events: deque[tuple[Event, bytes | memoryview]] = deque()
         self._held = 0
-        self._last_read = 0
+        self._bulk = False
+        self._small = min(config.read_size, config.high_water_mark)
         self._enabled: set[Event] = set()
         self._suspends = 0
         self._reading_paused = False
@@ -234,25 +239,26 @@ class RemoteSocket(Protocol):
     def next_read_size(self) -> int:
         """How many bytes to read from the remote at once (asked before every read).
 
-        ``read_size`` in a bulk transfer the client takes (the last read filled
-        the high-water mark, DATA is enabled and not suspended): while DATA goes
-        straight to the client, or, on a congested session, for one socket at a
-        time that holds nothing yet.  Else at most the mark: held DATA stays
-        under twice the mark, and small exchanges (echo) allocate no large
-        read buffer.
+        ``read_size`` for the one bulk transfer of its owner (its last read
+        filled the high-water mark, and no other socket's did) that the client
+        takes (DATA enabled, not suspended): while DATA goes straight to the
+        client, or, on a congested session, while it holds nothing and no other
+        socket waits for a turn.  Else at most the mark: held DATA stays under
+        twice the mark, concurrent transfers share the WebSocket in turns of
+        equal size, and small exchanges (echo) allocate no large read buffer.
         """
-        config = self.config
-        small = min(config.read_size, config.high_water_mark)
-        if self._last_read < small or not self._waits_for_room():
-            return small
         owner = self.owner
+        if not self._bulk or owner.bulk_readers > 1 or not self._waits_for_room():
+            return self._small
         if owner.congested and (self._held or owner.waiting_for_room):
-            return small
-        return config.read_size
+            return self._small
+        return self.config.read_size
 
     def dataReceived(self, data: bytes) -> None:
-        self._last_read = len(data)
-        self.bytes_received += self._last_read
+        size = len(data)
+        self.bytes_received += size
+        if (size >= self._small) is not self._bulk:
+            self._set_bulk(not self._bulk)
         events = self._events
         if not events:
             if self._data_flows():
@@ -274,6 +280,7 @@ class RemoteSocket(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._set_bulk(False)
         self._state = _State.CLOSED
         self.config.metrics.socket_closed(self)
         self._cancel_close_timer()
@@ -376,6 +383,7 @@ class RemoteSocket(Protocol):
     def detach(self, by: str = "the client") -> None:
         """The owner lets go: drop undelivered events, flush what was accepted, close."""
         self.owner.stop_waiting(self)
+        self._set_bulk(False)
         self.owner = DETACHED
         self._events.clear()
         self._held = 0
@@ -418,6 +426,11 @@ class RemoteSocket(Protocol):
         return bool(self._events) and self._events[0][0] is Event.DATA and self._waits_for_room()
 
     # -- internals -----------------------------------------------------------
+
+    def _set_bulk(self, bulk: bool) -> None:
+        if bulk is not self._bulk and self.owner is not DETACHED:
+            self.owner.bulk_readers += 1 if bulk else -1
+        self._bulk = bulk
 
     def _transport_full(self) -> None:
         self._writable = False

@@ -314,15 +314,16 @@ class ReadingTests(SynchronousTestCase):
         other, _, _, _ = make(read_size=big)
         other.owner = owner
         other.set_event_enabled(Event.DATA, True)
-        other.dataReceived(b"o" * HWM)
+        other.dataReceived(b"o")
         owner.is_congested = True
         self.assertEqual(socket.next_read_size(), big)
         socket.dataReceived(b"c" * big)
         self.assertEqual(socket.held_downstream, big)
         self.assertTrue(socket.reading_paused)
         self.assertEqual(socket.next_read_size(), HWM)  # it holds already
-        self.assertEqual(other.next_read_size(), HWM)  # another waits already
         other.dataReceived(b"o" * HWM)
+        self.assertEqual(owner.bulk_readers, 2)
+        self.assertEqual(other.next_read_size(), HWM)  # two bulk transfers read a mark each
         self.assertEqual(owner.waiting, [socket, other])
         # Turns are a mark each while others wait: the large read is cut; once
         # nobody else waits, its rest goes whole.
@@ -331,13 +332,20 @@ class ReadingTests(SynchronousTestCase):
         turns = [e.value for e in owner.events[before:] if isinstance(e.value, bytes)]
         self.assertEqual(turns, [b"c" * HWM, b"o" * HWM, b"c" * (big - HWM)])
         self.assertEqual((socket.held_downstream, other.held_downstream), (0, 0))
+        self.assertEqual(socket.next_read_size(), HWM)
+        other.dataReceived(b"x")  # the other transfer is not bulk any more
+        self.assertEqual(owner.bulk_readers, 1)
         self.assertEqual(socket.next_read_size(), big)
+        other.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(owner.bulk_readers, 1)
         socket.suspend()
         self.assertEqual(socket.next_read_size(), HWM)
         socket.resume()
         self.assertEqual(socket.next_read_size(), big)
         socket.set_event_enabled(Event.DATA, False)
         self.assertEqual(socket.next_read_size(), HWM)
+        socket.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(owner.bulk_readers, 0)
         small, _, _, _ = make(read_size=HWM // 4)
         small.set_event_enabled(Event.DATA, True)
         small.dataReceived(b"d" * HWM)
