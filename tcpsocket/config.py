@@ -57,8 +57,8 @@ class ServerConfig:
     high_water_mark: int = 64 * KiB
     max_send_buffer: int = 16 * MiB
     session_buffer: int = 256 * KiB
-    #: Bytes read from a remote at once in a bulk transfer the client takes (apart from the
-    #: high-water mark, a flow-control contract); held DATA is read a mark at a time.
+    #: Bytes read from a remote at once for the one bulk transfer of a session (apart from the
+    #: high-water mark, a flow-control contract); otherwise no more than the mark.
     read_size: int = 1 * MiB
     #: Sockets of all sessions together (lowered to fit the open files limit).
     max_sockets: int = 16384

@@ -201,8 +201,9 @@ class Options(usage.Options):
             "read-size",
             None,
             1024 * 1024,
-            "Bytes read from a remote at once while its DATA flows to the client in bulk; "
-            "held DATA is read no more than the high-water mark at a time.",
+            "Bytes read from a remote at once for the one bulk transfer of a session; "
+            "otherwise (held DATA, small exchanges, concurrent transfers) no more than "
+            "the high-water mark.",
             _positive_int,
         ],
         [
