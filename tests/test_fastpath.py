@@ -21,6 +21,7 @@ from tcpsocket._private import buffered, set_read_size, write_through
 from tcpsocket.config import ServerConfig
 from tcpsocket.memory import set_top_pad
 from tcpsocket.services.tcpsocket.messages import Event, Reply
+from tcpsocket.session import SMALL_READ
 from tcpsocket.tokens import TokenStore
 from tests.session_helpers import (
     Recording,
@@ -358,6 +359,30 @@ class SessionTests(TestCase):
         self.assertLessEqual(max(sizes[:2]), 64 * KiB)
         self.assertGreater(max(sizes), 64 * KiB)
         self.assertLessEqual(max(sizes), 1 * MiB)
+
+    async def test_client_reads_sized_apart_from_the_session_buffer(self) -> None:
+        factory, remote_port = await listen_remote(self, Recording)
+        site, port = await start_daemon(self)
+        client, service = await manager(self, port)
+        socket_id = await client.open_ok(service, remote_port)
+        session = only(live_sessions(site))
+        self.assertEqual(session.next_read_size(), SMALL_READ)  # requests: small reads
+        reads: list[int] = []
+        original = session.dataReceived
+
+        def recording(data: bytes) -> None:
+            reads.append(len(data))
+            original(data)
+
+        session.dataReceived = recording
+        chunks = [pattern(256 * KiB, seed=n) for n in range(16)]
+        replies = await defer.gatherResults([client.send(service, socket_id, c) for c in chunks])
+        self.assertTrue(all(reply.reply is Reply.SEND_SUCCESS for reply in replies))
+        await wait_until(lambda: len(factory.received) == 4 * MiB, timeout=30)
+        self.assertEqual(bytes(factory.received), b"".join(chunks))
+        # An upload is read in reads over the session buffer (the old read size).
+        self.assertGreater(max(reads), 256 * KiB)
+        self.assertLessEqual(max(reads), MiB)
 
 
 class UnmaskTests(TestCase):
