@@ -5,10 +5,9 @@ Outside a batch, :func:`write` sends at once when the transport queues nothing
 of its client (:func:`batch`), the writes it makes to any transport are
 gathered, and each transport gets them in one ``sendmsg`` when the read is
 handled: pipelined requests keep their batching.  A transport's gathered bytes
-never exceed its ``bufferSize``: past it they are written through at once, as
-without the batch, so the transport pauses its producer only for what the
-kernel does not take (``send`` and DRAIN stay exact).  Readers run on the
-reactor thread only.
+never exceed its ``bufferSize``: past it they go to the transport at once, so
+that it pauses its producer where it would have without the batch (``send``
+and DRAIN stay exact).  Readers run on the reactor thread only.
 """
 
 from __future__ import annotations
@@ -64,10 +63,9 @@ def write(transport: Any, chunks: Sequence[bytes]) -> None:
     pending.chunks.extend(chunks)
     pending.size += sum(map(len, chunks))
     if pending.size > getattr(transport, "bufferSize", 0):
-        # Past the buffer size, as without the batch: the kernel takes what it
-        # can now, and the transport pauses its producer only for the rest.
+        # The transport would pause its producer now: let it.
         del _batch.pending[transport]
-        write_through(transport, pending.chunks)
+        queue(transport, pending.chunks)
 
 
 def flush(transport: Any) -> None:
