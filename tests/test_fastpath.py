@@ -179,7 +179,7 @@ class BatchTests(TestCase):
             client.transport.write(b"then Twisted's")
         await wait_until(lambda: bytes(factory.received) == b"gathered then Twisted's")
 
-    async def test_the_producer_pauses_where_it_would_without_the_batch(self) -> None:
+    async def test_writes_adding_up_past_the_buffer_size_are_written_through(self) -> None:
         factory, client, counting = await connected(self, Remote)
         producer = PauseRecorder()
         client.transport.bufferSize = 10
@@ -187,13 +187,33 @@ class BatchTests(TestCase):
         with fastpath.batch():
             fastpath.write(client.transport, (b"12345",))
             fastpath.write(client.transport, (b"67890",))
-            self.assertEqual(producer.paused, 0)  # 10 bytes: not over the buffer size
+            self.assertEqual(counting.sends, [])  # 10 bytes: not over the buffer size
             fastpath.write(client.transport, (b"!",))
-            self.assertEqual(producer.paused, 1)  # 11: over, as Twisted's write would say
+            # 11: over; as without the batch, the kernel takes them at once (one sendmsg)
+            # and the producer is not paused for bytes that are not buffered.
+            self.assertEqual(counting.sends, [3])
+            self.assertEqual(buffered(client.transport), 0)
+            self.assertEqual(producer.paused, 0)
+            fastpath.write(client.transport, (b"?",))  # gathered again
+            self.assertEqual(counting.sends, [3])
+        self.assertEqual(counting.sends, [3, 1])
+        await wait_until(lambda: bytes(factory.received) == b"1234567890!?")
+        client.transport.unregisterProducer()
+
+    async def test_a_write_over_the_buffer_size_pauses_the_producer(self) -> None:
+        # As Twisted's write would: a send over the high-water mark answers false.
+        factory, client, counting = await connected(self, Remote)
+        producer = PauseRecorder()
+        client.transport.bufferSize = 10
+        client.transport.registerProducer(producer, True)
+        with fastpath.batch():
+            fastpath.write(client.transport, (b"12345",))
+            fastpath.write(client.transport, (b"67890!67890",))
+            self.assertEqual(counting.sends, [1])  # what was gathered goes first
+            self.assertEqual(producer.paused, 1)
             self.assertEqual(buffered(client.transport), 11)
             fastpath.write(client.transport, (b"?",))  # behind the queue: Twisted's write
-        self.assertEqual(counting.sends, [])
-        await wait_until(lambda: bytes(factory.received) == b"1234567890!?")
+        await wait_until(lambda: bytes(factory.received) == b"1234567890!67890?")
         await wait_until(lambda: producer.resumed == 1)
         client.transport.unregisterProducer()
 
