@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import errno
 import struct
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import main, tcp
 from twisted.internet._resolver import GAIResolver  # the public resolver, on a pool of ours
@@ -21,6 +22,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 __all__ = [
     "GAIResolver",
+    "ReadSizer",
     "binary_frame_head",
     "buffered",
     "cancel_autobahn_timers",
@@ -332,14 +334,24 @@ def write_through(transport: Any, chunks: Sequence[bytes]) -> int:
     return sent
 
 
+class ReadSizer(Protocol):
+    """Says how many bytes a connection reads next (see :func:`set_read_size`)."""
+
+    def next_read_size(self) -> int: ...
+
+
 class _SizedReads:
-    """Mixed into a TCP connection's class: reads ``readSize`` bytes, not ``bufferSize``."""
+    """Mixed into a TCP connection's class: reads ``readSize`` bytes, not ``bufferSize``.
+
+    A ``readSize`` of 0 asks ``readSizer`` before each read.
+    """
 
     readSize: int
+    readSizer: Callable[[], ReadSizer | None]
 
     def doRead(self: Any) -> Any:
         try:
-            data = self.socket.recv(self.readSize)
+            data = self.socket.recv(self.readSize or self.readSizer().next_read_size())
         except OSError as se:
             if se.args[0] in (errno.EWOULDBLOCK, errno.EAGAIN):
                 return None
@@ -350,12 +362,14 @@ class _SizedReads:
 _sized_classes: dict[type, type] = {}
 
 
-def set_read_size(transport: Any, size: int) -> bool:
+def set_read_size(transport: Any, size: int | ReadSizer) -> bool:
     """Make a TCP connection read up to ``size`` bytes at once, apart from its ``bufferSize``.
 
     Twisted reads ``bufferSize`` bytes, which is also where the transport pauses
-    its producer; this keeps ``bufferSize`` for the latter.  The connection's
-    class is swapped for a subclass (no per-connection closure, so no cycle).
+    its producer; this keeps ``bufferSize`` for the latter.  ``size`` may also
+    be a :class:`ReadSizer` (the connection's protocol), asked before each read;
+    the transport keeps only a weak reference to it (no cycle).  The
+    connection's class is swapped for a subclass (no per-connection closure).
     Returns False, changing nothing, for other transports (TLS, UNIX, tests' doubles).
     """
     cls = type(transport)
@@ -370,7 +384,11 @@ def set_read_size(transport: Any, size: int) -> bool:
         if sized is None:
             sized = _sized_classes[cls] = type(cls.__name__, (_SizedReads, cls), {})
         transport.__class__ = sized
-    transport.readSize = size
+    if isinstance(size, int):
+        transport.readSize = size
+    else:
+        transport.readSize = 0
+        transport.readSizer = weakref.ref(size)
     return True
 
 

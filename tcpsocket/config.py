@@ -57,8 +57,9 @@ class ServerConfig:
     high_water_mark: int = 64 * KiB
     max_send_buffer: int = 16 * MiB
     session_buffer: int = 256 * KiB
-    #: Bytes read from a remote at once (apart from the high-water mark, a flow-control contract).
-    read_size: int = 64 * KiB
+    #: Bytes read from a remote at once for the one bulk transfer of a session (apart from the
+    #: high-water mark, a flow-control contract); otherwise no more than the mark.
+    read_size: int = 1 * MiB
     #: Sockets of all sessions together (lowered to fit the open files limit).
     max_sockets: int = 16384
     #: Upstream bytes queued by the sockets of one session / of all sessions.

@@ -6,8 +6,9 @@ and when they are written (``resumeProducing``).  While it is congested, a
 socket that has DATA for the client holds it (each socket stops reading its
 remote at its own high-water mark) and joins the queue of waiting sockets,
 once.  When the WebSocket drains, the waiting sockets are served in turn, one
-DATA event each per turn, from where the last pass stopped, until the
-WebSocket is congested again or nobody waits.
+DATA event each per turn (at most a high-water mark of it while others wait),
+from where the last pass stopped, until the WebSocket is congested again or
+nobody waits.
 
 Every step is O(1) per socket event: nothing iterates over all of a
 session's sockets, and delivering an event (which may finish and forget a
@@ -29,8 +30,11 @@ __all__ = ["FairShare", "Waiter"]
 class Waiter(Protocol):
     """A socket that holds DATA for the client until the WebSocket has room."""
 
-    def serve_turn(self) -> bool:
-        """Deliver one DATA event (and the events up to the next one); whether more waits."""
+    def serve_turn(self, shared: bool = False) -> bool:
+        """Deliver one DATA event (and the events up to the next one); whether more waits.
+
+        ``shared``: other sockets wait too, so the turn is at most a high-water mark of bytes.
+        """
 
 
 def _not_reading(reading: bool) -> None:
@@ -74,7 +78,7 @@ class FairShare:
         # pauseProducing() as soon as its buffer is full again.
         while waiting and not self.congested:
             socket, _ = waiting.popitem(last=False)
-            if socket.serve_turn():
+            if socket.serve_turn(bool(waiting)):
                 waiting[socket] = None
 
     def stopProducing(self) -> None:

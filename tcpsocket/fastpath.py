@@ -5,9 +5,12 @@ Outside a batch, :func:`write` sends at once when the transport queues nothing
 of its client (:func:`batch`), the writes it makes to any transport are
 gathered, and each transport gets them in one ``sendmsg`` when the read is
 handled: pipelined requests keep their batching.  A transport's gathered bytes
-never exceed its ``bufferSize``: past it they go to the transport at once, so
-that it pauses its producer where it would have without the batch (``send``
-and DRAIN stay exact).  Readers run on the reactor thread only.
+never exceed its ``bufferSize``.  Writes that only add up past it are written
+through at once, as without the batch: the transport pauses its producer only
+for what the kernel does not take.  A write over ``bufferSize`` by itself goes
+to the transport's buffer, which pauses its producer (a ``send`` over the
+high-water mark answers false, and DRAIN follows, as clients expect).  ``send``
+and DRAIN stay exact.  Readers run on the reactor thread only.
 """
 
 from __future__ import annotations
@@ -60,12 +63,20 @@ def write(transport: Any, chunks: Sequence[bytes]) -> None:
             queue(transport, chunks)
             return
         pending = _batch.pending[transport] = _Pending()
-    pending.chunks.extend(chunks)
-    pending.size += sum(map(len, chunks))
-    if pending.size > getattr(transport, "bufferSize", 0):
-        # The transport would pause its producer now: let it.
-        del _batch.pending[transport]
-        queue(transport, pending.chunks)
+    size = sum(map(len, chunks))
+    limit = getattr(transport, "bufferSize", 0)
+    if pending.size + size <= limit:
+        pending.chunks.extend(chunks)
+        pending.size += size
+        return
+    del _batch.pending[transport]
+    if size > limit:
+        # Over the buffer size by itself: the transport pauses its producer for it.
+        write_through(transport, pending.chunks)
+        queue(transport, chunks)
+    else:
+        # Only together past it: the kernel takes what it can, as without the batch.
+        write_through(transport, [*pending.chunks, *chunks])
 
 
 def flush(transport: Any) -> None:

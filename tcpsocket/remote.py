@@ -98,6 +98,10 @@ def describe_failure(failure: Failure) -> str:
 class SocketOwner:
     """Where a socket's events go: a session's service (or nowhere once released)."""
 
+    #: Its sockets whose last read filled the high-water mark (bulk transfers);
+    #: kept by the sockets.  Only a sole one reads ``read_size`` at once.
+    bulk_readers = 0
+
     def send_event(self, socket: RemoteSocket, content: bytes) -> None:
         """Deliver one event of ``socket`` to the client."""
 
@@ -112,6 +116,11 @@ class SocketOwner:
     def congested(self) -> bool:
         """Whether the client's WebSocket has too much queued."""
         return False
+
+    @property
+    def waiting_for_room(self) -> int:
+        """How many sockets hold DATA because of congestion."""
+        return 0
 
     def wait_for_room(self, socket: RemoteSocket) -> None:
         """``socket`` holds DATA because of congestion: ``serve_turn`` it when there is room."""
@@ -167,8 +176,11 @@ class RemoteSocket(Protocol):
         self._drain_owed = False
         self._drain_pending = False
         # downstream
-        self._events: deque[tuple[Event, bytes]] = deque()
+        # A DATA event cut by a shared turn keeps its rest as a view (not copied).
+        self._events: deque[tuple[Event, bytes | memoryview]] = deque()
         self._held = 0
+        self._bulk = False
+        self._small = min(config.read_size, config.high_water_mark)
         self._enabled: set[Event] = set()
         self._suspends = 0
         self._reading_paused = False
@@ -215,17 +227,38 @@ class RemoteSocket(Protocol):
         self.config.metrics.socket_connected(self)
         transport: Any = self.transport
         # The transport's buffer size is where it pauses us as a producer (a
-        # contract of send); it reads apart from it, in larger chunks.
+        # contract of send); it reads apart from it, as next_read_size() says.
         set_buffer_size(transport, self.config.high_water_mark)
-        set_read_size(transport, self.config.read_size)
+        set_read_size(transport, self)
         transport.registerProducer(_TransportFlow(self), True)
         if ITCPTransport.providedBy(transport):
             # Interactive protocols (SSH, IRC) must not wait for Nagle.
             transport.setTcpNoDelay(True)
         self._update_reading()
 
+    def next_read_size(self) -> int:
+        """How many bytes to read from the remote at once (asked before every read).
+
+        ``read_size`` for the one bulk transfer of its owner (its last read
+        filled the high-water mark, and no other socket's did) that the client
+        takes (DATA enabled, not suspended): while DATA goes straight to the
+        client, or, on a congested session, while it holds nothing and no other
+        socket waits for a turn.  Else at most the mark: held DATA stays under
+        twice the mark, concurrent transfers share the WebSocket in turns of
+        equal size, and small exchanges (echo) allocate no large read buffer.
+        """
+        owner = self.owner
+        if not self._bulk or owner.bulk_readers > 1 or not self._waits_for_room():
+            return self._small
+        if owner.congested and (self._held or owner.waiting_for_room):
+            return self._small
+        return self.config.read_size
+
     def dataReceived(self, data: bytes) -> None:
-        self.bytes_received += len(data)
+        size = len(data)
+        self.bytes_received += size
+        if (size >= self._small) is not self._bulk:
+            self._set_bulk(not self._bulk)
         events = self._events
         if not events:
             if self._data_flows():
@@ -247,6 +280,7 @@ class RemoteSocket(Protocol):
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._set_bulk(False)
         self._state = _State.CLOSED
         self.config.metrics.socket_closed(self)
         self._cancel_close_timer()
@@ -349,6 +383,7 @@ class RemoteSocket(Protocol):
     def detach(self, by: str = "the client") -> None:
         """The owner lets go: drop undelivered events, flush what was accepted, close."""
         self.owner.stop_waiting(self)
+        self._set_bulk(False)
         self.owner = DETACHED
         self._events.clear()
         self._held = 0
@@ -368,13 +403,34 @@ class RemoteSocket(Protocol):
         else:
             self._enabled.discard(event)
 
-    def serve_turn(self) -> bool:
+    def serve_turn(self, shared: bool = False) -> bool:
         """The WebSocket has room: deliver one held DATA event (and what follows it up
-        to the next DATA); return whether more DATA waits for the client."""
+        to the next DATA); return whether more DATA waits for the client.
+
+        ``shared``: other sockets wait for a turn too, so a DATA event over the
+        high-water mark gives only that many bytes this turn (turns stay fair by
+        bytes when one large read was held).
+        """
+        events = self._events
+        quantum = self.config.high_water_mark
+        if shared and events and events[0][0] is Event.DATA and len(events[0][1]) > quantum:
+            if not self._data_flows():
+                return False
+            content = memoryview(events[0][1])
+            events[0] = (Event.DATA, content[quantum:])
+            self._held -= quantum
+            self.owner.send_data(self, bytes(content[:quantum]))
+            self._update_reading()
+            return self._waits_for_room()
         self._pump(data_events=1)
         return bool(self._events) and self._events[0][0] is Event.DATA and self._waits_for_room()
 
     # -- internals -----------------------------------------------------------
+
+    def _set_bulk(self, bulk: bool) -> None:
+        if bulk is not self._bulk and self.owner is not DETACHED:
+            self.owner.bulk_readers += 1 if bulk else -1
+        self._bulk = bulk
 
     def _transport_full(self) -> None:
         self._writable = False
@@ -445,13 +501,14 @@ class RemoteSocket(Protocol):
                     continue
                 break
             events.popleft()
+            # bytes() of bytes is the same object: only a cut event's rest is copied.
             if event is Event.DATA:
                 self._held -= len(content)
-                self.owner.send_data(self, content)
+                self.owner.send_data(self, bytes(content))
                 continue
             if event is Event.CLOSE:
                 self._close_delivered = True
-            self.owner.send_event(self, content)
+            self.owner.send_event(self, bytes(content))
             if event is Event.CLOSE:
                 self.owner.socket_finished(self)
         self._update_reading()

@@ -36,6 +36,7 @@ from tcpsocket._private import (
     drop_message_data,
     feed_frames,
     set_buffer_size,
+    set_read_size,
     use_reactor_timers,
 )
 from tcpsocket.admission import Pending, PendingConnections, RateBudget, TokenBucket, client_address
@@ -65,6 +66,11 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+
+#: Bytes read from a client at once unless its last read filled this much: below
+#: glibc's mmap threshold (128 KiB), which a larger buffer that mostly comes back
+#: short (requests, echo) would cross on every read: an mmap, mremap and munmap each.
+SMALL_READ = 64 * 1024
 
 #: Frames one message may span: Autobahn keeps a list entry per fragment, so a
 #: stream of empty fragments would otherwise grow without bound.
@@ -110,6 +116,7 @@ class SessionProtocol(WebSocketServerProtocol):
         #: While the token is checked: its answer, and the messages that came after it.
         self._answer: Deferred[Any] | None = None
         self._early: list[bytes] | None = None
+        self._last_read = 0
         self._closed_waiters: list[Deferred[None]] = []
         # Autobahn's own log lines quote the client: escaped, and budgeted before the token.
         self.log = ClientLog(log, self._log_budget)
@@ -148,6 +155,10 @@ class SessionProtocol(WebSocketServerProtocol):
     @property
     def congested(self) -> bool:
         return self._share.congested
+
+    @property
+    def waiting_for_room(self) -> int:
+        return len(self._share)
 
     def wait_for_room(self, socket: Waiter) -> None:
         self._share.wait(socket)
@@ -249,9 +260,14 @@ class SessionProtocol(WebSocketServerProtocol):
             self._cut(MESSAGE_TOO_BIG, f"a message of more than {MAX_FRAGMENTS} fragments")
             drop_message_data(self)
 
+    def next_read_size(self) -> int:
+        """Bytes to read from the client next: ``read_size`` after a full small read."""
+        return self.config.read_size if self._last_read >= SMALL_READ else SMALL_READ
+
     def dataReceived(self, data: bytes) -> None:
         # Autobahn's own formats a debug message for every read, even when
         # debug logging is off.  The replies to one read leave in one write.
+        self._last_read = len(data)
         fastpath.begin()
         try:
             feed_frames(self, data)
@@ -282,6 +298,8 @@ class SessionProtocol(WebSocketServerProtocol):
         # takes over, so that a slow client pauses reading from its remotes.
         transport.unregisterProducer()
         set_buffer_size(transport, self.config.session_buffer)
+        # Reads apart from the buffer size (the congestion threshold): large only in bulk.
+        set_read_size(transport, self)
         transport.registerProducer(self._share, True)
         # The deadline runs from TCP accept to the session's ack.
         accepted = self._pending.accepted if self._pending is not None else self.reactor.seconds()

@@ -189,9 +189,10 @@ class Options(usage.Options):
         [
             "read-size",
             None,
-            64 * 1024,
-            "Bytes read from a remote at once (held DATA may exceed the high-water mark "
-            "by one read).",
+            1024 * 1024,
+            "Bytes read from a remote at once for the one bulk transfer of a session; "
+            "otherwise (held DATA, small exchanges, concurrent transfers) no more than "
+            "the high-water mark.",
             _positive_int,
         ],
         [
@@ -199,7 +200,8 @@ class Options(usage.Options):
             None,
             0,
             "Bytes of heap glibc keeps at the top when it grows or trims it (M_TOP_PAD; "
-            "0: glibc's default). A few MiB spare the system calls of large reads.",
+            "0: glibc's default). Setting it also stops glibc's adaptive mmap threshold; "
+            "it measured no faster (doc/performance.md).",
             _non_negative_int,
         ],
         [

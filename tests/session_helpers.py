@@ -249,8 +249,16 @@ class SessionClient:
         return response.value
 
     async def enable(self, service: int, socket_id: int, *events: Event) -> None:
-        for event in events:
-            ok = await self.core_bool(ObjectRef(Core.ENABLE_EVENT, service, socket_id, event))
+        # Pipelined, as a page that adds its listeners at once sends them: the daemon
+        # handles them in one read, so a remote that sends and closes (or resets) at
+        # once cannot finish and forget the socket between two of them.
+        answers = [
+            defer.ensureDeferred(
+                self.core_bool(ObjectRef(Core.ENABLE_EVENT, service, socket_id, event))
+            )
+            for event in events
+        ]
+        for event, ok in zip(events, await defer.gatherResults(answers), strict=True):
             assert ok, f"enable {event!r} on {service}/{socket_id} failed"
 
     async def disable(self, service: int, socket_id: int, event: Event) -> bool:

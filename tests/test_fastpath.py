@@ -18,10 +18,14 @@ from zope.interface import implementer
 
 from tcpsocket import fastpath
 from tcpsocket._private import buffered, set_read_size, write_through
+from tcpsocket.config import ServerConfig
 from tcpsocket.memory import set_top_pad
 from tcpsocket.services.tcpsocket.messages import Event, Reply
+from tcpsocket.session import SMALL_READ
+from tcpsocket.tokens import TokenStore
 from tests.session_helpers import (
     Recording,
+    kernel_unread,
     live_sessions,
     manager,
     only,
@@ -175,7 +179,7 @@ class BatchTests(TestCase):
             client.transport.write(b"then Twisted's")
         await wait_until(lambda: bytes(factory.received) == b"gathered then Twisted's")
 
-    async def test_the_producer_pauses_where_it_would_without_the_batch(self) -> None:
+    async def test_writes_adding_up_past_the_buffer_size_are_written_through(self) -> None:
         factory, client, counting = await connected(self, Remote)
         producer = PauseRecorder()
         client.transport.bufferSize = 10
@@ -183,13 +187,33 @@ class BatchTests(TestCase):
         with fastpath.batch():
             fastpath.write(client.transport, (b"12345",))
             fastpath.write(client.transport, (b"67890",))
-            self.assertEqual(producer.paused, 0)  # 10 bytes: not over the buffer size
+            self.assertEqual(counting.sends, [])  # 10 bytes: not over the buffer size
             fastpath.write(client.transport, (b"!",))
-            self.assertEqual(producer.paused, 1)  # 11: over, as Twisted's write would say
+            # 11: over; as without the batch, the kernel takes them at once (one sendmsg)
+            # and the producer is not paused for bytes that are not buffered.
+            self.assertEqual(counting.sends, [3])
+            self.assertEqual(buffered(client.transport), 0)
+            self.assertEqual(producer.paused, 0)
+            fastpath.write(client.transport, (b"?",))  # gathered again
+            self.assertEqual(counting.sends, [3])
+        self.assertEqual(counting.sends, [3, 1])
+        await wait_until(lambda: bytes(factory.received) == b"1234567890!?")
+        client.transport.unregisterProducer()
+
+    async def test_a_write_over_the_buffer_size_pauses_the_producer(self) -> None:
+        # As Twisted's write would: a send over the high-water mark answers false.
+        factory, client, counting = await connected(self, Remote)
+        producer = PauseRecorder()
+        client.transport.bufferSize = 10
+        client.transport.registerProducer(producer, True)
+        with fastpath.batch():
+            fastpath.write(client.transport, (b"12345",))
+            fastpath.write(client.transport, (b"67890!67890",))
+            self.assertEqual(counting.sends, [1])  # what was gathered goes first
+            self.assertEqual(producer.paused, 1)
             self.assertEqual(buffered(client.transport), 11)
             fastpath.write(client.transport, (b"?",))  # behind the queue: Twisted's write
-        self.assertEqual(counting.sends, [])
-        await wait_until(lambda: bytes(factory.received) == b"1234567890!?")
+        await wait_until(lambda: bytes(factory.received) == b"1234567890!67890?")
         await wait_until(lambda: producer.resumed == 1)
         client.transport.unregisterProducer()
 
@@ -228,6 +252,19 @@ class SizedClient(Client):
         self.sized = set_read_size(transport, 512 * KiB)
 
 
+class SizerClient(Client):
+    """Reads 2 KiB at a time for its first 20 reads, then up to 512 KiB: it says so per read."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.asked = 0
+        self.sized = set_read_size(self.transport, self)
+
+    def next_read_size(self) -> int:
+        self.asked += 1
+        return 2 * KiB if len(self.reads) < 20 else 512 * KiB
+
+
 class ReadSizeTests(TestCase):
     async def test_reads_larger_than_the_buffer_size(self) -> None:
         payload = pattern(2 * MiB, seed=4)
@@ -242,6 +279,22 @@ class ReadSizeTests(TestCase):
         self.assertEqual(client.transport.bufferSize, 4 * KiB)  # the producer's threshold
         self.assertLessEqual(max(client.reads), 512 * KiB)
         self.assertGreater(max(client.reads), 4 * KiB)
+
+    async def test_reads_sized_by_the_protocol_before_each_read(self) -> None:
+        payload = pattern(2 * MiB, seed=7)
+        _, port = await listen_remote(self, Source, payload)
+        client = SizerClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(client.transport.abortConnection)
+        await wait_until(lambda: len(client.received) >= len(payload), timeout=30)
+        self.assertEqual(bytes(client.received), payload)
+        self.assertTrue(client.sized)
+        self.assertGreaterEqual(client.asked, len(client.reads))
+        self.assertEqual(max(client.reads[:20]), 2 * KiB)
+        self.assertGreater(max(client.reads[20:]), 2 * KiB)
+        self.assertLessEqual(max(client.reads), 512 * KiB)
+        # The transport holds its protocol weakly: no cycle through the sizer.
+        self.assertIs(client.transport.readSizer(), client)
 
     def test_not_for_other_transports(self) -> None:
         from twisted.internet import unix
@@ -274,7 +327,7 @@ class SessionTests(TestCase):
     async def test_reads_of_a_remote_are_sized_apart_from_the_high_water_mark(self) -> None:
         payload = pattern(4 * MiB, seed=5)
         _, remote_port = await listen_remote(self, Source, payload)
-        _, port = await start_daemon(self, read_size=1 * MiB)
+        site, port = await start_daemon(self, read_size=1 * MiB)
         client, service = await manager(self, port)
         sizes: list[int] = []
         client.event_hooks.append(
@@ -282,13 +335,48 @@ class SessionTests(TestCase):
                 sizes.append(len(reply.value)) if reply.reply is Reply.DATA_EVENT else None
             )
         )
-        socket_id = await client.open_ok(service, remote_port, events=(Event.DATA,))
+        socket_id = await client.open_ok(service, remote_port)
+        socket = only(live_sessions(site)).services[service].sockets[socket_id]
+        socket.transport.socket.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 2 * MiB)
+        # Without a DATA listener the daemon reads no more than the mark at once, and
+        # stops; the remote's bytes back up in the kernel.
+        await wait_until(
+            lambda: socket.reading_paused and kernel_unread(socket.transport) > 128 * KiB
+        )
+        self.assertLessEqual(socket.held_downstream, 2 * 64 * KiB)
+        await client.enable(service, socket_id, Event.DATA)
         stream = client.stream(service, socket_id)
         await wait_until(lambda: len(stream.data) >= len(payload), timeout=30)
         self.assertEqual(bytes(stream.data), payload)
-        # DATA events follow the reads: over the 64 KiB mark, never over the read size.
+        # Held DATA was read a mark at a time; once it flows, reads (and so DATA
+        # events) go over the 64 KiB mark, never over the read size.
+        self.assertLessEqual(max(sizes[:2]), 64 * KiB)
         self.assertGreater(max(sizes), 64 * KiB)
         self.assertLessEqual(max(sizes), 1 * MiB)
+
+    async def test_client_reads_sized_apart_from_the_session_buffer(self) -> None:
+        factory, remote_port = await listen_remote(self, Recording)
+        site, port = await start_daemon(self)
+        client, service = await manager(self, port)
+        socket_id = await client.open_ok(service, remote_port)
+        session = only(live_sessions(site))
+        self.assertEqual(session.next_read_size(), SMALL_READ)  # requests: small reads
+        reads: list[int] = []
+        original = session.dataReceived
+
+        def recording(data: bytes) -> None:
+            reads.append(len(data))
+            original(data)
+
+        session.dataReceived = recording
+        chunks = [pattern(256 * KiB, seed=n) for n in range(16)]
+        replies = await defer.gatherResults([client.send(service, socket_id, c) for c in chunks])
+        self.assertTrue(all(reply.reply is Reply.SEND_SUCCESS for reply in replies))
+        await wait_until(lambda: len(factory.received) == 4 * MiB, timeout=30)
+        self.assertEqual(bytes(factory.received), b"".join(chunks))
+        # An upload is read in reads over the session buffer (the old read size).
+        self.assertGreater(max(reads), 256 * KiB)
+        self.assertLessEqual(max(reads), MiB)
 
 
 class UnmaskTests(TestCase):
@@ -405,24 +493,24 @@ class OptionTests(SynchronousTestCase):
         options.parseOptions(["--token", "t" * 16, *args])
         return options
 
-    def test_defaults_keep_reads_at_the_high_water_mark(self) -> None:
+    def test_defaults_read_in_bulk_apart_from_the_high_water_mark(self) -> None:
         options = self.parse()
         config = options["config"]
-        self.assertEqual((config.read_size, options["malloc-top-pad"]), (64 * KiB, 0))
-        self.assertEqual(config.read_size, config.high_water_mark)
+        self.assertEqual((config.read_size, options["malloc-top-pad"]), (MiB, 0))
+        self.assertEqual(config.high_water_mark, 64 * KiB)
+        self.assertEqual(ServerConfig(TokenStore()).read_size, MiB)
 
     def test_read_size_and_top_pad(self) -> None:
-        options = self.parse("--read-size", "1048576", "--malloc-top-pad", "4194304")
-        self.assertEqual((options["config"].read_size, options["malloc-top-pad"]), (MiB, 4 * MiB))
+        options = self.parse("--read-size", "262144", "--malloc-top-pad", "4194304")
+        self.assertEqual(
+            (options["config"].read_size, options["malloc-top-pad"]), (256 * KiB, 4 * MiB)
+        )
 
     def test_bad_values(self) -> None:
         from twisted.python import usage
 
         for args in (("--read-size", "0"), ("--malloc-top-pad", "-1"), ("--read-size", "x")):
             self.assertRaises(usage.UsageError, self.parse, *args)
-        from tcpsocket.config import ServerConfig
-        from tcpsocket.tokens import TokenStore
-
         self.assertRaises(ValueError, ServerConfig, TokenStore(), read_size=0)
 
     def test_the_daemon_sets_the_top_pad_at_start(self) -> None:

@@ -46,6 +46,10 @@ class FakeOwner(SocketOwner):
     def is_congested(self, value: bool) -> None:
         self.share.congested = value
 
+    @property
+    def waiting_for_room(self) -> int:
+        return len(self.share)
+
     def wait_for_room(self, socket: RemoteSocket) -> None:
         self.share.wait(socket)
 
@@ -283,9 +287,9 @@ class ReadingTests(SynchronousTestCase):
         turns: list[RemoteSocket] = []
         serve = RemoteSocket.serve_turn
 
-        def recording(socket: RemoteSocket) -> bool:
+        def recording(socket: RemoteSocket, shared: bool = False) -> bool:
             turns.append(socket)
-            return serve(socket)
+            return serve(socket, shared)
 
         with mock.patch.object(RemoteSocket, "serve_turn", recording):
             owner.drain()
@@ -293,6 +297,59 @@ class ReadingTests(SynchronousTestCase):
         self.assertEqual(owner.data(), b"a1b1a2")
         self.assertEqual(owner.kinds()[-1], Reply.CLOSE_EVENT)
         self.assertEqual(owner.finished, 1)
+
+    def test_reads_large_only_in_a_bulk_transfer_the_client_takes(self) -> None:
+        big = 64 * HWM
+        socket, _, owner, _ = make(read_size=big)
+        self.assertEqual(socket.next_read_size(), HWM)  # nobody listens for DATA yet
+        socket.dataReceived(b"a" * HWM)
+        self.assertEqual(socket.next_read_size(), HWM)  # held: the bound stays 2 x HWM
+        socket.set_event_enabled(Event.DATA, True)
+        self.assertEqual(socket.next_read_size(), big)  # a full read, and DATA flows
+        socket.dataReceived(b"small")
+        self.assertEqual(socket.next_read_size(), HWM)  # small exchanges read small
+        socket.dataReceived(b"b" * HWM)
+        self.assertEqual(socket.next_read_size(), big)
+        # A congested session: one large read is held, by one socket at a time.
+        other, _, _, _ = make(read_size=big)
+        other.owner = owner
+        other.set_event_enabled(Event.DATA, True)
+        other.dataReceived(b"o")
+        owner.is_congested = True
+        self.assertEqual(socket.next_read_size(), big)
+        socket.dataReceived(b"c" * big)
+        self.assertEqual(socket.held_downstream, big)
+        self.assertTrue(socket.reading_paused)
+        self.assertEqual(socket.next_read_size(), HWM)  # it holds already
+        other.dataReceived(b"o" * HWM)
+        self.assertEqual(owner.bulk_readers, 2)
+        self.assertEqual(other.next_read_size(), HWM)  # two bulk transfers read a mark each
+        self.assertEqual(owner.waiting, [socket, other])
+        # Turns are a mark each while others wait: the large read is cut; once
+        # nobody else waits, its rest goes whole.
+        before = len(owner.events)
+        owner.drain()
+        turns = [e.value for e in owner.events[before:] if isinstance(e.value, bytes)]
+        self.assertEqual(turns, [b"c" * HWM, b"o" * HWM, b"c" * (big - HWM)])
+        self.assertEqual((socket.held_downstream, other.held_downstream), (0, 0))
+        self.assertEqual(socket.next_read_size(), HWM)
+        other.dataReceived(b"x")  # the other transfer is not bulk any more
+        self.assertEqual(owner.bulk_readers, 1)
+        self.assertEqual(socket.next_read_size(), big)
+        other.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(owner.bulk_readers, 1)
+        socket.suspend()
+        self.assertEqual(socket.next_read_size(), HWM)
+        socket.resume()
+        self.assertEqual(socket.next_read_size(), big)
+        socket.set_event_enabled(Event.DATA, False)
+        self.assertEqual(socket.next_read_size(), HWM)
+        socket.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(owner.bulk_readers, 0)
+        small, _, _, _ = make(read_size=HWM // 4)
+        small.set_event_enabled(Event.DATA, True)
+        small.dataReceived(b"d" * HWM)
+        self.assertEqual(small.next_read_size(), HWM // 4)
 
     def test_data_held_until_enabled(self) -> None:
         socket, transport, owner, _ = make()

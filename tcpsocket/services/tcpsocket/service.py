@@ -66,6 +66,9 @@ class SessionLink(TypingProtocol):
     def congested(self) -> bool: ...
 
     @property
+    def waiting_for_room(self) -> int: ...
+
+    @property
     def budgets(self) -> Budgets: ...
 
     def send_response(self, service: int, object_id: int, request: int, content: bytes) -> None: ...
@@ -198,6 +201,10 @@ class TcpSocketManagerService(SocketOwner):
     @property
     def congested(self) -> bool:
         return self.session.congested
+
+    @property
+    def waiting_for_room(self) -> int:
+        return self.session.waiting_for_room
 
     def wait_for_room(self, socket: RemoteSocket) -> None:
         self.session.wait_for_room(socket)
