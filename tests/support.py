@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections import deque
@@ -447,6 +448,22 @@ def spawn_process(
     return collect
 
 
+def unix_listening(path: str) -> bool:
+    """Whether another process accepts connections on the UNIX socket ``path``.
+
+    Its file appears at ``bind``, a moment before ``listen``: a client connecting in
+    between is refused, so the file alone does not say the daemon is ready.
+    """
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
+
+
 async def start_twistd(
     test: Any,
     *options: str,
@@ -486,7 +503,7 @@ async def start_twistd(
     collect = spawn_process(test, args, env=env, stop=signal.SIGKILL)
 
     def listening() -> bool:
-        return os.path.exists(path) if path else b"starting on" in collect.output
+        return unix_listening(path) if path else b"starting on" in collect.output
 
     await wait_until(lambda: listening() or collect.ended.called, timeout=30)
     assert not collect.ended.called, collect.output.decode()

@@ -37,6 +37,7 @@ from tests.support import (
     start_daemon,
     temp_dir,
     to_loopback,
+    unix_listening,
     wait_until,
 )
 from tests.test_web import read_body
@@ -130,7 +131,7 @@ class QuickstartTests(TestCase):
         daemon = spawn_process(
             self, ["/bin/bash", "-c", f"{command} --listen unix:{path}"], copy, env
         )
-        await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=600)
+        await wait_until(lambda: unix_listening(path) or daemon.ended.called, timeout=600)
         self.assertFalse(daemon.ended.called, daemon.output.decode())
         agent = Agent.usingEndpointFactory(reactor, _Unix(path))
         response = await agent.request(b"GET", b"http://localhost/healthz")

@@ -26,6 +26,7 @@ from tests.support import (
     one_session,
     spawn_process,
     temp_dir,
+    unix_listening,
     wait_until,
 )
 from tests.test_tap import parse
@@ -288,7 +289,7 @@ class TwistdProcessTests(TestCase):
         return daemon, path
 
     async def listening(self, daemon: ProcessOutput, path: str) -> None:
-        await wait_until(lambda: os.path.exists(path) or daemon.ended.called, timeout=30)
+        await wait_until(lambda: unix_listening(path) or daemon.ended.called, timeout=30)
         self.assertFalse(daemon.ended.called, daemon.output.decode())
 
     async def stop(self, daemon: ProcessOutput) -> None:
