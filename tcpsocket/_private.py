@@ -391,7 +391,7 @@ def set_read_size(transport: Any, size: int) -> bool:
 # Relies on Autobahn's ``WebSocketProtocol`` parser state: ``data`` (the bytes it
 # holds), ``current_frame`` (None between frames; ``length``),
 # ``current_frame_masker.pointer()`` (payload bytes of the frame handed over) and
-# ``inside_message``; and, for whole messages (:func:`_whole_message_ok`), on the
+# ``inside_message``; and, for whole messages (:func:`_take_whole_message`), on the
 # options and state its parser consults for such a frame: ``failedByMe``,
 # ``logOctets``, ``logFrames``, ``trackedTimings``, ``autoPingTimeoutCall``,
 # ``_listeners`` (of its ``ObservableMixin``), ``maxMessagePayloadSize``,
@@ -425,15 +425,16 @@ def _payload_size(head: bytes) -> int:
     return length
 
 
-def _whole_message_ok(protocol: Any, length: int) -> bool:
+def _take_whole_message(protocol: Any, wire: int, length: int) -> bool:
     """Whether Autobahn, handed a whole unfragmented masked binary frame of ``length``
-    payload bytes between messages, would only count it and call ``onMessage``.
+    payload bytes (``wire`` bytes with its header) between messages, would only count
+    it and call ``onMessage``; if so, count it in ``trafficStats`` as Autobahn does.
 
     Its parser does more when it logs octets or frames, tracks timings, has a
     ping outstanding (the frame cancels its timeout), has ``message`` listeners
     (``fire``), has failed the connection, or when the frame is over a size limit.
     """
-    return not (
+    if (
         protocol.inside_message
         or protocol.failedByMe
         or protocol.logOctets
@@ -443,18 +444,15 @@ def _whole_message_ok(protocol: Any, length: int) -> bool:
         or protocol._listeners is not None
         or 0 < protocol.maxMessagePayloadSize < length
         or 0 < protocol.maxFramePayloadSize < length
-    )
-
-
-def _count_whole_message(protocol: Any, wire: int, length: int) -> None:
-    """Count a whole message of ``length`` payload bytes and ``wire`` bytes on the wire
-    in ``trafficStats``, as Autobahn's parser does."""
+    ):
+        return False
     stats = protocol.trafficStats
     stats.incomingOctetsWireLevel += wire
     stats.incomingOctetsWebSocketLevel += length
     stats.incomingOctetsAppLevel += length
     stats.incomingWebSocketFrames += 1
     stats.incomingWebSocketMessages += 1
+    return True
 
 
 def _small_frame(data: bytes, pos: int) -> tuple[int, int]:
@@ -494,7 +492,7 @@ def feed_frames(
     1 KiB, arriving between messages and within the size limits) is not parsed
     by Autobahn's frame machinery: it is counted as Autobahn counts it and handed
     to ``protocol._onMessage``, which is all Autobahn would do with it (see
-    :func:`_whole_message_ok`).  Its ``onMessageBegin``, ``onMessageFrameBegin``
+    :func:`_take_whole_message`).  Its ``onMessageBegin``, ``onMessageFrameBegin``
     and ``onFrameData`` are not called for it: a protocol passes ``unmask`` only
     if its own versions of those do nothing else for such a frame.  Every other
     frame, and every frame in any other state, goes to Autobahn as above.
@@ -517,8 +515,7 @@ def feed_frames(
                 if unmask is not None and data[pos] == _FIN_BINARY:
                     start, length = _small_frame(data, pos)
                     stop = start + length
-                    if start and stop <= end and _whole_message_ok(protocol, length):
-                        _count_whole_message(protocol, stop - pos, length)
+                    if start and stop <= end and _take_whole_message(protocol, stop - pos, length):
                         payload = data[start:stop]
                         if length:
                             payload = unmask(payload, data[start - 4 : start], 0)

@@ -304,7 +304,7 @@ class SessionProtocol(WebSocketServerProtocol):
             return
         try:
             if self._authenticated:
-                self._last_message = self.reactor.seconds()
+                self._last_message = self.factory.reactor.seconds()
                 request = split_request(payload)
                 if request is not None:
                     self.router.request(*request)

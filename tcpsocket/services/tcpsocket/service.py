@@ -35,6 +35,7 @@ from tcpsocket.services.tcpsocket.messages import (
     encode_open_success,
     encode_reply,
     encode_send_success,
+    send_data,
 )
 from tcpsocket.tracking import ConnectionSet
 
@@ -171,6 +172,19 @@ class TcpSocketManagerService(SocketOwner):
     #: The protocol of each connection this service opens.
     socket_class: type[RemoteSocket] = RemoteSocket
 
+    #: Whether ``send`` requests decode and are answered as here, so that :meth:`handle`
+    #: answers a ``send`` to a live socket at once, without ``decode`` and
+    #: ``handle_request``.  False for a subclass that overrides either, unless it
+    #: sets it again.
+    plain_send = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "plain_send" not in cls.__dict__ and (
+            "decode" in cls.__dict__ or "handle_request" in cls.__dict__
+        ):
+            cls.plain_send = False
+
     def __init__(self, session: SessionLink, service_id: int) -> None:
         self.session = session
         self.service_id = service_id
@@ -217,6 +231,13 @@ class TcpSocketManagerService(SocketOwner):
 
     def handle(self, object_id: int, request_id: int, content: memoryview) -> None:
         """Decode and answer one request (now, or when ``open`` completes)."""
+        if self.plain_send:
+            socket = self.sockets.get(object_id)
+            if socket is not None:
+                data = send_data(content)
+                if data is not None:
+                    self._send(socket, object_id, request_id, data)
+                    return
         self.handle_request(object_id, request_id, self.decode(content))
 
     def decode(self, content: memoryview) -> SocketRequest:
