@@ -264,14 +264,22 @@ def buffered(transport: Any) -> int:
         return 0
 
 
+#: Per transport class: whether its instances are TCP connections whose socket may be
+#: written directly (without TLS started on them).
+_plain_classes: dict[type, bool] = {}
+
+
 def plain_tcp(transport: Any) -> bool:
     """Whether ``transport`` is a Twisted TCP connection whose socket may be written directly."""
-    return bool(
-        isinstance(transport, tcp.Connection)
-        # Not UNIX sockets that pass file descriptors along with their bytes.
-        and type(transport).writeSomeData is tcp.Connection.writeSomeData
-        and not getattr(transport, "TLS", False)
-    )
+    cls = type(transport)
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        plain = _plain_classes[cls] = bool(
+            issubclass(cls, tcp.Connection)
+            # Not UNIX sockets that pass file descriptors along with their bytes.
+            and cls.writeSomeData is tcp.Connection.writeSomeData
+        )
+    return plain and not transport.TLS
 
 
 def _direct(transport: Any) -> bool:
@@ -314,7 +322,13 @@ def write_through(transport: Any, chunks: Sequence[bytes]) -> int:
         return 0
     sock = transport.socket
     try:
-        sent: int = sock.send(chunks[0]) if len(chunks) == 1 else sock.sendmsg(chunks)
+        if len(chunks) == 1:
+            data = chunks[0]
+            sent: int = sock.send(data)
+            if sent == len(data):
+                return sent
+        else:
+            sent = sock.sendmsg(chunks)
     except OSError as e:
         if e.errno not in _AGAIN:
             # Let Twisted meet the error on its own write, and close as it does.
@@ -393,11 +407,19 @@ def set_read_size(transport: Any, size: int | ReadSizer) -> bool:
 
 
 # Relies on Autobahn's ``WebSocketProtocol`` parser state: ``data`` (the bytes it
-# holds), ``current_frame`` (None between frames; ``length``) and
-# ``current_frame_masker.pointer()`` (payload bytes of the frame handed over).
+# holds), ``current_frame`` (None between frames; ``length``),
+# ``current_frame_masker.pointer()`` (payload bytes of the frame handed over) and
+# ``inside_message``; and, for whole messages (:func:`_take_whole_message`), on the
+# options and state its parser consults for such a frame: ``failedByMe``,
+# ``logOctets``, ``logFrames``, ``trackedTimings``, ``autoPingTimeoutCall``,
+# ``_listeners`` (of its ``ObservableMixin``), ``maxMessagePayloadSize``,
+# ``maxFramePayloadSize`` and the ``trafficStats`` counters.
 
 #: Payloads from this size are handed to Autobahn apart from their header.
 _LARGE_PAYLOAD = 1024
+
+#: The first byte of an unfragmented binary frame without RSV bits (FIN, opcode 2).
+_FIN_BINARY = 0x82
 
 
 def _header_size(head: bytes) -> int:
@@ -421,7 +443,56 @@ def _payload_size(head: bytes) -> int:
     return length
 
 
-def feed_frames(protocol: Any, data: bytes) -> None:
+def _take_whole_message(protocol: Any, wire: int, length: int) -> bool:
+    """Whether Autobahn, handed a whole unfragmented masked binary frame of ``length``
+    payload bytes (``wire`` bytes with its header) between messages, would only count
+    it and call ``onMessage``; if so, count it in ``trafficStats`` as Autobahn does.
+
+    Its parser does more when it logs octets or frames, tracks timings, has a
+    ping outstanding (the frame cancels its timeout), has ``message`` listeners
+    (``fire``), has failed the connection, or when the frame is over a size limit.
+    """
+    if (
+        protocol.inside_message
+        or protocol.failedByMe
+        or protocol.logOctets
+        or protocol.logFrames
+        or protocol.trackedTimings
+        or protocol.autoPingTimeoutCall
+        or protocol._listeners is not None
+        or 0 < protocol.maxMessagePayloadSize < length
+        or 0 < protocol.maxFramePayloadSize < length
+    ):
+        return False
+    stats = protocol.trafficStats
+    stats.incomingOctetsWireLevel += wire
+    stats.incomingOctetsWebSocketLevel += length
+    stats.incomingOctetsAppLevel += length
+    stats.incomingWebSocketFrames += 1
+    stats.incomingWebSocketMessages += 1
+    return True
+
+
+def _small_frame(data: bytes, pos: int) -> tuple[int, int]:
+    """Where the payload of the masked frame at ``pos`` of ``data`` starts, and its size,
+    if the frame is masked and its payload under ``_LARGE_PAYLOAD`` in minimal encoding;
+    else (0, 0).  The frame may be cut short: the caller checks that it is all there."""
+    rest = len(data) - pos
+    if rest < 6:
+        return 0, 0
+    second = data[pos + 1]
+    if 0x80 <= second < 0xFE:  # masked, a 7-bit length
+        return pos + 6, second & 0x7F
+    if second == 0xFE and rest >= 8:  # masked, a 16-bit length
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if 126 <= length < _LARGE_PAYLOAD:
+            return pos + 8, length
+    return 0, 0
+
+
+def feed_frames(
+    protocol: Any, data: bytes, unmask: Callable[[bytes, bytes, int], bytes] | None = None
+) -> None:
     """Hand ``data`` to Autobahn's ``_dataReceived``, cut at frame boundaries.
 
     Autobahn's own ``dataReceived`` formats a debug line for every read, even
@@ -433,12 +504,22 @@ def feed_frames(protocol: Any, data: bytes) -> None:
     header, its buffer is empty or one piece, and slicing it whole costs
     nothing.  Autobahn still parses and checks every frame; this only decides
     where to cut.  Outside an open WebSocket, ``data`` is fed whole.
+
+    With ``unmask`` (``unmask(payload, mask, 0)`` gives the payload unmasked), a
+    whole message in one small frame (FIN, no RSV bits, binary, masked, under
+    1 KiB, arriving between messages and within the size limits) is not parsed
+    by Autobahn's frame machinery: it is counted as Autobahn counts it and handed
+    to ``protocol._onMessage``, which is all Autobahn would do with it (see
+    :func:`_take_whole_message`).  Its ``onMessageBegin``, ``onMessageFrameBegin``
+    and ``onFrameData`` are not called for it: a protocol passes ``unmask`` only
+    if its own versions of those do nothing else for such a frame.  Every other
+    frame, and every frame in any other state, goes to Autobahn as above.
     """
     feed = protocol._dataReceived
-    end = len(data)
     if protocol.state != protocol.STATE_OPEN:
         feed(data)
         return
+    end = len(data)
     pos = 0
     while pos < end:
         frame = protocol.current_frame
@@ -446,15 +527,32 @@ def feed_frames(protocol: Any, data: bytes) -> None:
             take = frame.length - protocol.current_frame_masker.pointer()
         else:
             held: bytes = protocol.data
-            head = held + data[pos : pos + 14 - len(held)] if held else data[pos : pos + 14]
+            if held:
+                head = held + data[pos : pos + 14 - len(held)]
+            else:
+                if unmask is not None and data[pos] == _FIN_BINARY:
+                    start, length = _small_frame(data, pos)
+                    stop = start + length
+                    if start and stop <= end and _take_whole_message(protocol, stop - pos, length):
+                        payload = data[start:stop]
+                        if length:
+                            payload = unmask(payload, data[start - 4 : start], 0)
+                        pos = stop
+                        protocol._onMessage(payload, True)
+                        if protocol.state != protocol.STATE_OPEN:
+                            if pos < end:
+                                feed(data[pos:])
+                            return
+                        continue
+                head = data[pos : pos + 14]
             if len(head) < 2 or len(head) < _header_size(head):
                 take = end - pos  # not a whole header yet: Autobahn keeps it
             else:
                 size = _header_size(head)
-                payload = _payload_size(head)
+                payload_size = _payload_size(head)
                 take = size - len(held)
-                if payload < _LARGE_PAYLOAD:
-                    take += payload  # small frames go whole
+                if payload_size < _LARGE_PAYLOAD:
+                    take += payload_size  # small frames go whole
         if take <= 0 or (pos == 0 and take >= end):
             feed(data[pos:] if pos else data)
             return

@@ -20,6 +20,7 @@ __all__ = [
     "encode_i64",
     "encode_string",
     "encode_varint",
+    "read_varint",
 ]
 
 _U16: Final = struct.Struct(">H")
@@ -70,6 +71,25 @@ def encode_binary(value: bytes) -> bytes:
 def encode_string(value: str) -> bytes:
     """Encode a string as UTF-8 with its varint length."""
     return encode_binary(value.encode("utf-8"))
+
+
+def read_varint(data: Buffer, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` of ``data`` and the offset after it: a fast path.
+
+    Raises ``IndexError`` or ``struct.error`` when ``data`` ends first and
+    :class:`DecodeError` for an invalid marker; :class:`Reader` says what is wrong
+    in the words the protocol's errors use.
+    """
+    first = data[pos]
+    if first <= 250:
+        return first, pos + 1
+    if first == 0xFB:
+        return _U16.unpack_from(data, pos + 1)[0], pos + 3
+    if first == 0xFC:
+        return _U32.unpack_from(data, pos + 1)[0], pos + 5
+    if first == 0xFD:
+        return _U64.unpack_from(data, pos + 1)[0], pos + 9
+    raise DecodeError(f"invalid varint marker 0x{first:02x} at offset {pos}")
 
 
 class Reader:

@@ -53,17 +53,14 @@ def write(transport: Any, chunks: Sequence[bytes]) -> None:
         write_through(transport, chunks)
         return
     pending = _batch.pending.get(transport)
-    if pending is None and not plain_tcp(transport):
-        # TLS, UNIX, test doubles: their own buffering is the batch.
-        queue(transport, chunks)
-        return
     if pending is None:
-        if buffered(transport):
-            # It queues already: behind that, Twisted's own buffering is the batch.
+        if not plain_tcp(transport) or buffered(transport):
+            # TLS, UNIX, test doubles: their own buffering is the batch; and behind
+            # what a transport queues already, Twisted's own buffering is the batch.
             queue(transport, chunks)
             return
         pending = _batch.pending[transport] = _Pending()
-    size = sum(map(len, chunks))
+    size = len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
     limit = getattr(transport, "bufferSize", 0)
     if pending.size + size <= limit:
         pending.chunks.extend(chunks)

@@ -8,6 +8,7 @@ decoders take a :class:`~tcpsocket.bincode.Reader` and raise
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +20,7 @@ from tcpsocket.bincode import (
     encode_bool,
     encode_string,
     encode_varint,
+    read_varint,
 )
 
 CORE_SERVICE: Final = 0
@@ -95,6 +97,9 @@ class BaseMessage:
     message: str = ""
 
 
+_RESPONSE_TAG: Final = encode_varint(Kind.RESPONSE)
+
+
 def encode_base(
     service: int, object_id: int, kind: Kind, request: int | None, content: bytes
 ) -> bytes:
@@ -113,7 +118,16 @@ def encode_request(service: int, object_id: int, request: int, content: bytes) -
 
 def encode_response(service: int, object_id: int, request: int, content: bytes) -> bytes:
     """Encode a Response."""
-    return encode_base(service, object_id, Kind.RESPONSE, request, content)
+    return b"".join(
+        (
+            encode_varint(service),
+            encode_varint(object_id),
+            _RESPONSE_TAG,
+            encode_varint(request),
+            encode_varint(len(content)),
+            content,
+        )
+    )
 
 
 def encode_event(service: int, object_id: int, content: bytes) -> bytes:
@@ -142,6 +156,27 @@ def decode_base(data: bytes, *, strict: bool = True) -> BaseMessage:
     if strict:
         reader.finish()
     return BaseMessage(service, object_id, kind, request, content, permission, message)
+
+
+def split_request(data: bytes) -> tuple[int, int, int, memoryview] | None:
+    """The service, object, request id and content of the BaseMessage REQUEST in
+    ``data``, decoded fast: what ``decode_base(data)`` gives for it.
+
+    None for anything else (another kind, a kind in a longer varint form, any
+    error): :func:`decode_base` then decodes it, or says what is wrong.
+    """
+    try:
+        service, pos = read_varint(data, 0)
+        object_id, pos = read_varint(data, pos)
+        if data[pos] != 0:  # Kind.REQUEST, in its one-byte form
+            return None
+        request, pos = read_varint(data, pos + 1)
+        size, pos = read_varint(data, pos)
+    except (IndexError, struct.error, DecodeError):
+        return None
+    if service >> 32 or object_id >> 32 or pos + size != len(data):
+        return None
+    return service, object_id, request, memoryview(data)[pos:]
 
 
 # -- core service requests ---------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tcpsocket.bincode import DecodeError
+from tcpsocket.bincode import Buffer, DecodeError
 from tcpsocket.messages import (
     CORE_SERVICE,
     BaseMessage,
@@ -47,26 +47,29 @@ class ServiceRouter:
         if message.kind is not Kind.REQUEST:
             raise DecodeError(f"clients send requests only, not {message.kind.name.lower()}")
         assert message.request is not None
+        self.request(message.service, message.object, message.request, message.content)
+
+    def request(self, service_id: int, object_id: int, request_id: int, content: Buffer) -> None:
+        """Route one request of an authenticated session (its BaseMessage's fields)."""
+        service = self.services.get(service_id)
+        if service is not None:
+            service.handle(object_id, request_id, memoryview(content))
+            return
         session = self.session
-        if message.service == CORE_SERVICE:
-            content, then = self._core(decode_core_request(message.content))
-            session.send_response(CORE_SERVICE, message.object, message.request, content)
+        if service_id == CORE_SERVICE:
+            answer, then = self._core(decode_core_request(content))
+            session.send_response(CORE_SERVICE, object_id, request_id, answer)
             if then is not None:
                 then()
             return
-        content_view = memoryview(message.content)
-        service = self.services.get(message.service)
-        if service is None:
-            session.config.services.reject(
-                session,
-                message.service,
-                message.object,
-                message.request,
-                content_view,
-                f"unknown service {message.service}",
-            )
-            return
-        service.handle(message.object, message.request, content_view)
+        session.config.services.reject(
+            session,
+            service_id,
+            object_id,
+            request_id,
+            memoryview(content),
+            f"unknown service {service_id}",
+        )
 
     def stop(self, by: str) -> None:
         """The session ended: stop every service."""

@@ -27,12 +27,13 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcpsocket.bincode import DecodeError
+from tcpsocket.bincode import DecodeError, Reader
 from tcpsocket.messages import (
     Core,
     GetService,
     GetServiceResult,
     HasService,
+    Kind,
     ObjectRef,
     decode_base,
     decode_core_request,
@@ -45,6 +46,7 @@ from tcpsocket.messages import (
     encode_handshake,
     encode_request,
     encode_response,
+    split_request,
 )
 from tcpsocket.policy import AllowList, Rule
 from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
@@ -60,6 +62,7 @@ from tcpsocket.services.tcpsocket.messages import (
     encode_open_success,
     encode_reply,
     encode_send,
+    send_data,
 )
 from tests.session_helpers import free_port, manager
 from tests.support import TOKEN, Echo, listen_remote, raw_client, start_daemon, wait_until
@@ -200,6 +203,94 @@ class CodecFuzzTests(SynchronousTestCase):
     @given(valid_messages)
     def test_valid_messages_decode(self, data: bytes) -> None:
         decodes_or_decode_error(data)
+
+
+def read_send(content: bytes) -> bytes | None:
+    """The data of a send request, read with :class:`Reader` (None: no valid send)."""
+    try:
+        reader = Reader(content)
+        if reader.u32() != Method.SEND:
+            return None
+        data = reader.binary()
+        reader.finish()
+    except DecodeError:
+        return None
+    return data
+
+
+class FastDecoderTests(SynchronousTestCase):
+    """The fast decoders of requests give what the exact ones give, or step aside."""
+
+    def check(self, data: bytes) -> None:
+        fast = split_request(data)
+        try:
+            message = decode_base(data)
+        except DecodeError:
+            self.assertIsNone(fast)
+        else:
+            canonical = message.kind is Kind.REQUEST and data == encode_request(
+                message.service, message.object, message.request or 0, bytes(message.content)
+            )
+            if fast is None:
+                self.assertFalse(canonical)
+            else:
+                self.assertIs(message.kind, Kind.REQUEST)
+                service, object_id, request, content = fast
+                self.assertEqual(
+                    (service, object_id, request, bytes(content)),
+                    (message.service, message.object, message.request, bytes(message.content)),
+                )
+        exact = read_send(data)
+        quick = send_data(memoryview(data))
+        if quick is None:
+            self.assertTrue(exact is None or data != encode_send(exact))
+        else:
+            self.assertEqual(quick, exact)
+            self.assertIs(type(quick), bytes)
+
+    def test_edges(self) -> None:
+        for data in (
+            b"",
+            b"\x01",
+            encode_request(1, 2, 3, encode_send(b"x")),
+            encode_request(2**32 - 1, 2**32 - 1, 2**64 - 1, encode_send(b"y" * 70_000)),
+            encode_request(251, 65536, 250, b""),
+            b"\xfd" + b"\x00" * 7 + b"\x01\x01\x00\x01\x00",  # a u64 form of a u32
+            b"\xfd" + b"\x01" * 8 + b"\x01\x00\x01\x00",  # a service over 32 bits
+            b"\x01\xfd" + b"\x01" * 8 + b"\x00\x01\x00",  # an object over 32 bits
+            b"\x01\x01\xfb\x00\x00\x01\x00",  # REQUEST in a long form
+            b"\x01\x01\x00\x01\x05ab",  # cut short
+            b"\x01\x01\x00\xfe\x00",  # a bad marker
+            encode_send(b""),
+            encode_send(b"z" * 300),
+            encode_send(b"z")[:-1],
+            encode_send(b"z") + b"\x00",
+            b"\x02\xfb\x00\x01z",  # a long form of a short length
+        ):
+            self.check(data)
+        self.assertIsNotNone(split_request(encode_request(251, 65536, 250, b"")))
+        self.assertEqual(send_data(encode_send(b"z" * 300)), b"z" * 300)
+
+    @FUZZ
+    @given(st.binary(max_size=512))
+    def test_random_bytes(self, data: bytes) -> None:
+        self.check(data)
+
+    @FUZZ
+    @given(mutated(valid_messages))
+    def test_mutated_messages(self, data: bytes) -> None:
+        self.check(data)
+        self.check(data[3:])
+
+    @FUZZ
+    @given(valid_messages)
+    def test_valid_messages(self, data: bytes) -> None:
+        self.check(data)
+
+    @FUZZ
+    @given(st.builds(encode_send, st.binary(max_size=600)) | mutated(socket_contents(small)))
+    def test_socket_requests(self, data: bytes) -> None:
+        self.check(data)
 
 
 # -- live session ----------------------------------------------------------

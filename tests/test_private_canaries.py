@@ -270,3 +270,69 @@ class DataPathCanaries(SynchronousTestCase):
         self.assertIn("self.data = self.data[i:]", source)  # the re-slicing it avoids
         self.assertIn("self.data += data", inspect.getsource(WebSocketProtocol._dataReceived))
         self.assertIn("self.current_frame = None", inspect.getsource(WebSocketProtocol.onFrameEnd))
+
+    def test_tls_is_a_class_attribute_that_start_tls_sets(self) -> None:
+        # plain_tcp reads ``transport.TLS`` without a default: False on the class,
+        # True once startTLS ran on the connection.
+        self.assertIs(tcp.Connection.TLS, False)
+        from twisted.internet import _newtls
+
+        self.assertIn("transport.TLS = True", inspect.getsource(_newtls))
+
+    def test_what_autobahn_does_with_a_whole_small_binary_frame(self) -> None:
+        # feed_frames' whole-message path does what Autobahn's parser does for an
+        # unfragmented masked binary frame between messages, when nothing else is on.
+        source = inspect.getsource(WebSocketProtocol)
+        for counted in (
+            "self.trafficStats.incomingOctetsWireLevel += len(data)",
+            "self.trafficStats.incomingOctetsWebSocketLevel += compressedLen",
+            "self.trafficStats.incomingOctetsAppLevel += uncompressedLen",
+            "self.trafficStats.incomingWebSocketFrames += 1",
+            "self.trafficStats.incomingWebSocketMessages += 1",
+        ):
+            self.assertEqual(source.count(counted), 1, counted)
+        # What it checks or does besides, each of which sends a frame to Autobahn.
+        for other in (
+            "if self.logOctets:",
+            "if self.logFrames:",
+            "if self.trackedTimings:",
+            "if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:",
+            "if not self.failedByMe:",
+            "0 < self.maxMessagePayloadSize < self.message_data_total_length",
+            "0 < self.maxFramePayloadSize < length",
+            'f = self.fire("message", payload, is_binary=self.message_is_binary)',
+            "self._onMessage(payload, self.message_is_binary)",
+            "if not self.inside_message and frame_opcode == 0:",
+            "if self.inside_message and frame_opcode != 0:",
+        ):
+            self.assertIn(other, source)
+        from autobahn.util import ObservableMixin
+
+        self.assertIn(
+            "if self._listeners is None:\n            return txaio.create_future(result=[])",
+            inspect.getsource(ObservableMixin.fire),
+        )
+        self.assertIsNone(ObservableMixin._listeners)
+        protocol, _ = _server_protocol()
+        protocol._dataReceived(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
+        for name in (
+            "inside_message",
+            "failedByMe",
+            "logOctets",
+            "logFrames",
+            "trackedTimings",
+            "autoPingTimeoutCall",
+            "maxMessagePayloadSize",
+            "maxFramePayloadSize",
+            "trafficStats",
+        ):
+            self.assertTrue(hasattr(protocol, name), name)
+        self.assertIn(
+            "self.onMessage(payload, isBinary)",
+            inspect.getsource(WebSocketServerProtocol._onMessage),
+        )

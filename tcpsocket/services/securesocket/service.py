@@ -104,6 +104,8 @@ class SecureSocketService(TcpSocketManagerService):
     """One SecureTcpSocketManager instance of a session."""
 
     socket_class = SecureRemoteSocket
+    #: A ``send`` decodes and is answered as TcpSocketManager's.
+    plain_send = True
 
     def decode(self, content: memoryview) -> Any:
         return decode_secure_request(content)

@@ -7,6 +7,7 @@ envelope around them is :mod:`tcpsocket.messages`.
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +20,7 @@ from tcpsocket.bincode import (
     encode_i64,
     encode_string,
     encode_varint,
+    read_varint,
 )
 from tcpsocket.messages import Kind
 
@@ -44,6 +46,7 @@ __all__ = [
     "encode_reply",
     "encode_send",
     "encode_send_success",
+    "send_data",
 ]
 
 SERVICE_NAME: Final = "TcpSocketManager"
@@ -107,6 +110,9 @@ EVENT_OF_REPLY: Final[dict[Reply, Event]] = {
 
 
 _EVENT_TAG: Final = encode_varint(Kind.EVENT)
+_DATA_TAG: Final = encode_varint(Reply.DATA_EVENT)
+#: Method.SEND, as the first byte of a request's content.
+_SEND: Final = int(Method.SEND)
 
 
 # -- TcpSocketManager ----------------------------------------------------------
@@ -124,6 +130,9 @@ class SocketRequest:
 
 def decode_socket_request(content: Buffer) -> SocketRequest:
     """Decode the content of a Request to a TcpSocketManager, exactly."""
+    data = send_data(content)
+    if data is not None:
+        return SocketRequest(Method.SEND, data)
     reader = Reader(content)
     tag = reader.u32()
     try:
@@ -138,6 +147,20 @@ def decode_socket_request(content: Buffer) -> SocketRequest:
         request = SocketRequest(method)
     reader.finish()
     return request
+
+
+def send_data(content: Buffer) -> bytes | None:
+    """The data of a ``send`` request (its content, as :func:`decode_socket_request`
+    decodes it), decoded fast; None for any other request, or a malformed one."""
+    try:
+        if content[0] != _SEND:
+            return None
+        size, pos = read_varint(content, 1)
+    except (IndexError, struct.error, DecodeError):
+        return None
+    if pos + size != len(content):
+        return None
+    return bytes(content[pos:])
 
 
 def encode_open(host: str, port: int) -> bytes:
@@ -180,13 +203,15 @@ def encode_data_event(data: bytes) -> bytes:
 
 def data_event_head(service: int, object_id: int, length: int) -> bytes:
     """The bytes of a DATA event message that come before its ``length`` bytes of data."""
-    data_head = encode_varint(Reply.DATA_EVENT) + encode_varint(length)
-    return (
-        encode_varint(service)
-        + encode_varint(object_id)
-        + _EVENT_TAG
-        + encode_varint(len(data_head) + length)
-        + data_head
+    data_head = _DATA_TAG + encode_varint(length)
+    return b"".join(
+        (
+            encode_varint(service),
+            encode_varint(object_id),
+            _EVENT_TAG,
+            encode_varint(len(data_head) + length),
+            data_head,
+        )
     )
 
 

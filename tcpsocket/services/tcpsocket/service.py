@@ -35,6 +35,7 @@ from tcpsocket.services.tcpsocket.messages import (
     encode_open_success,
     encode_reply,
     encode_send_success,
+    send_data,
 )
 from tcpsocket.tracking import ConnectionSet
 
@@ -42,6 +43,9 @@ __all__ = ["SessionLink", "TcpSocketManagerService", "check_address"]
 
 #: The namespace it always had (operators filter on it).
 log = Logger(namespace="tcpsocket.service")
+
+_SEND_TRUE = encode_send_success(True)
+_SEND_FALSE = encode_send_success(False)
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
@@ -171,6 +175,19 @@ class TcpSocketManagerService(SocketOwner):
     #: The protocol of each connection this service opens.
     socket_class: type[RemoteSocket] = RemoteSocket
 
+    #: Whether ``send`` requests decode and are answered as here, so that :meth:`handle`
+    #: answers a ``send`` to a live socket at once, without ``decode`` and
+    #: ``handle_request``.  False for a subclass that overrides either, unless it
+    #: sets it again.
+    plain_send = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "plain_send" not in cls.__dict__ and (
+            "decode" in cls.__dict__ or "handle_request" in cls.__dict__
+        ):
+            cls.plain_send = False
+
     def __init__(self, session: SessionLink, service_id: int) -> None:
         self.session = session
         self.service_id = service_id
@@ -221,6 +238,13 @@ class TcpSocketManagerService(SocketOwner):
 
     def handle(self, object_id: int, request_id: int, content: memoryview) -> None:
         """Decode and answer one request (now, or when ``open`` completes)."""
+        if self.plain_send:
+            socket = self.sockets.get(object_id)
+            if socket is not None:
+                data = send_data(content)
+                if data is not None:
+                    self._send(socket, object_id, request_id, data)
+                    return
         self.handle_request(object_id, request_id, self.decode(content))
 
     def decode(self, content: memoryview) -> SocketRequest:
@@ -236,6 +260,11 @@ class TcpSocketManagerService(SocketOwner):
 
     def handle_request(self, object_id: int, request_id: int, request: SocketRequest) -> None:
         """Answer one decoded request."""
+        if request.method is Method.SEND:
+            socket = self.sockets.get(object_id)
+            if socket is not None:
+                self._send(socket, object_id, request_id, request.data)
+                return
         success, failure = REPLIES[request.method]
 
         def fail(reason: str) -> None:
@@ -263,25 +292,31 @@ class TcpSocketManagerService(SocketOwner):
                 fail(f"unknown socket {object_id}")
             return
         try:
-            if request.method is Method.SEND:
-                budgets = self.session.budgets
-                refused = budgets.upstream_refusal(self.session, socket, len(request.data))
-                if refused is not None:
-                    raise SocketError(refused)
-                content = encode_send_success(socket.send(request.data))
-                budgets.holding(self.session, socket)
+            if request.method is Method.CLOSE:
+                socket.close()
+            elif request.method is Method.SUSPEND:
+                socket.suspend()
             else:
-                if request.method is Method.CLOSE:
-                    socket.close()
-                elif request.method is Method.SUSPEND:
-                    socket.suspend()
-                else:
-                    socket.resume()
-                content = encode_reply(success)
+                socket.resume()
         except SocketError as e:
             fail(str(e))
             return
-        self._respond(object_id, request_id, content)
+        self._respond(object_id, request_id, encode_reply(success))
+
+    def _send(self, socket: RemoteSocket, object_id: int, request_id: int, data: bytes) -> None:
+        """Answer a ``send`` of ``data`` to ``socket``."""
+        session = self.session
+        budgets = session.budgets
+        try:
+            refused = budgets.upstream_refusal(session, socket, len(data))
+            if refused is not None:
+                raise SocketError(refused)
+            content = _SEND_TRUE if socket.send(data) else _SEND_FALSE
+        except SocketError as e:
+            content = encode_reply(Reply.SEND_ERROR, str(e))
+        else:
+            budgets.holding(session, socket)
+        session.send_response(self.service_id, object_id, request_id, content)
 
     def event_switch(self, object_id: int, event: int, enabled: bool) -> Callable[[], None] | None:
         """EnableEvent/DisableEvent: what does it, or None if there is no such socket or event."""
