@@ -6,13 +6,14 @@ of its client (:func:`batch`), the writes it makes to any transport are
 gathered, and each transport gets them in one ``sendmsg`` when the read is
 handled: pipelined requests keep their batching.  While several sockets of a
 session read in bulk, their DATA of one reactor turn is gathered the same way
-(:func:`gather_this_turn`, sent when the reactor next runs its due calls).  A transport's gathered bytes
-never exceed its ``bufferSize``.  Writes that only add up past it are written
-through at once, as without the batch: the transport pauses its producer only
-for what the kernel does not take.  A write over ``bufferSize`` by itself goes
-to the transport's buffer, which pauses its producer (a ``send`` over the
-high-water mark answers false, and DRAIN follows, as clients expect).  ``send``
-and DRAIN stay exact.  Readers run on the reactor thread only.
+(:func:`gather_this_turn`, sent when the reactor next runs its due calls).  A
+transport's gathered bytes never exceed its ``bufferSize``.  Writes that only
+add up past it are written through at once, as without the batch: the
+transport pauses its producer only for what the kernel does not take.  A write
+over ``bufferSize`` by itself goes to the transport's buffer, which pauses its
+producer (a ``send`` over the high-water mark answers false, and DRAIN
+follows, as clients expect).  ``send`` and DRAIN stay exact.  Readers run on
+the reactor thread only.
 """
 
 from __future__ import annotations
