@@ -4,13 +4,16 @@ Outside a batch, :func:`write` sends at once when the transport queues nothing
 (:func:`tcpsocket._private.write_through`).  While a session handles one read
 of its client (:func:`batch`), the writes it makes to any transport are
 gathered, and each transport gets them in one ``sendmsg`` when the read is
-handled: pipelined requests keep their batching.  A transport's gathered bytes
-never exceed its ``bufferSize``.  Writes that only add up past it are written
-through at once, as without the batch: the transport pauses its producer only
-for what the kernel does not take.  A write over ``bufferSize`` by itself goes
-to the transport's buffer, which pauses its producer (a ``send`` over the
-high-water mark answers false, and DRAIN follows, as clients expect).  ``send``
-and DRAIN stay exact.  Readers run on the reactor thread only.
+handled: pipelined requests keep their batching.  While several sockets of a
+session read in bulk, their DATA of one reactor turn is gathered the same way
+(:func:`gather_this_turn`, sent when the reactor next runs its due calls).  A
+transport's gathered bytes never exceed its ``bufferSize``.  Writes that only
+add up past it are written through at once, as without the batch: the
+transport pauses its producer only for what the kernel does not take.  A write
+over ``bufferSize`` by itself goes to the transport's buffer, which pauses its
+producer (a ``send`` over the high-water mark answers false, and DRAIN
+follows, as clients expect).  ``send`` and DRAIN stay exact.  Readers run on
+the reactor thread only.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from autobahn.websocket.xormasker import create_xor_masker  # type: ignore[attr-defined]
+from twisted.internet.interfaces import IReactorTime
 
 from tcpsocket._private import buffered, plain_tcp, queue, write_through
 
-__all__ = ["batch", "begin", "discard", "end", "flush", "unmask", "write"]
+__all__ = ["batch", "begin", "discard", "end", "flush", "gather_this_turn", "unmask", "write"]
 
 #: Below this, :func:`unmask` XORs through Python integers; above, Autobahn's NVX.
 SMALL_PAYLOAD = 1024
@@ -104,6 +108,15 @@ def end() -> None:
         pending, _batch.pending = _batch.pending, {}
         for transport, gathered in pending.items():
             write_through(transport, gathered.chunks)
+
+
+def gather_this_turn(clock: IReactorTime) -> None:
+    """Gather writes until ``clock`` runs its due calls (the reactor's next turn), unless a
+    batch is open already: what several connections' reads in one turn write goes out together.
+    """
+    if not _batch.depth:
+        begin()
+        clock.callLater(0, end)
 
 
 @contextmanager

@@ -262,6 +262,10 @@ class RemoteSocket(Protocol):
         events = self._events
         if not events:
             if self._data_flows():
+                if self.owner.bulk_readers > 1:
+                    # Concurrent bulk transfers: their reads of this reactor turn
+                    # reach the WebSocket in one system call, not one each.
+                    fastpath.gather_this_turn(self._clock)
                 self.owner.send_data(self, data)
                 return
             if self._waits_for_room():

@@ -170,6 +170,21 @@ class BatchTests(TestCase):
         fastpath.write(client.transport, (b"b",))
         self.assertEqual(counting.sends, [1, 1])
 
+    async def test_gathered_until_the_next_reactor_turn(self) -> None:
+        from twisted.internet.task import Clock
+
+        factory, client, counting = await connected(self, Remote)
+        clock = Clock()
+        fastpath.gather_this_turn(clock)
+        fastpath.write(client.transport, (b"one ",))
+        fastpath.gather_this_turn(clock)  # a batch is open: it only gathers too
+        fastpath.write(client.transport, (b"two",))
+        self.assertEqual(counting.sends, [])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0)
+        self.assertEqual(counting.sends, [2])
+        await wait_until(lambda: bytes(factory.received) == b"one two")
+
     async def test_flush_hands_over_what_was_gathered(self) -> None:
         factory, client, counting = await connected(self, Remote)
         with fastpath.batch():
@@ -353,6 +368,28 @@ class SessionTests(TestCase):
         self.assertLessEqual(max(sizes[:2]), 64 * KiB)
         self.assertGreater(max(sizes), 64 * KiB)
         self.assertLessEqual(max(sizes), 1 * MiB)
+
+    async def test_concurrent_bulk_reads_share_a_write_to_the_client(self) -> None:
+        payloads = [pattern(2 * MiB, seed=n) for n in (6, 7)]
+        remotes = [await listen_remote(self, Remote) for _ in payloads]
+        site, port = await start_daemon(self)
+        client, service = await manager(self, port)
+        socket_ids = [await client.open_ok(service, remote_port) for _, remote_port in remotes]
+        session = only(live_sessions(site))
+        counting = CountingSocket(session.transport.socket)
+        session.transport.socket = counting
+        streams = [client.stream(service, socket_id) for socket_id in socket_ids]
+        for socket_id in socket_ids:
+            await client.enable(service, socket_id, Event.DATA)
+        # Both remotes send at once, to a client that takes DATA: nothing is held.
+        for (factory, _), payload in zip(remotes, payloads, strict=True):
+            only(factory.connections).transport.write(payload)
+        total = sum(map(len, payloads))
+        await wait_until(lambda: sum(len(stream.data) for stream in streams) >= total, timeout=30)
+        self.assertEqual([bytes(stream.data) for stream in streams], payloads)
+        # Alone, a DATA event is one send (a frame head and its body); both
+        # sockets' reads of one reactor turn went out in one sendmsg.
+        self.assertGreaterEqual(max(counting.sends), 4)
 
     async def test_client_reads_sized_apart_from_the_session_buffer(self) -> None:
         factory, remote_port = await listen_remote(self, Recording)
