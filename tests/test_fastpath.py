@@ -85,6 +85,15 @@ class PauseRecorder:
         pass
 
 
+def recording_producer(client: Client, buffer_size: int) -> PauseRecorder:
+    """A :class:`PauseRecorder` registered on ``client``'s transport, which pauses it above
+    ``buffer_size`` unsent bytes."""
+    producer = PauseRecorder()
+    client.transport.bufferSize = buffer_size
+    client.transport.registerProducer(producer, True)
+    return producer
+
+
 async def connected(test: TestCase, remote: type[Remote]) -> tuple[Any, Client, CountingSocket]:
     """A loopback connection to a ``remote``: (the remote's factory, our protocol, our socket)."""
     factory, port = await listen_remote(test, remote)
@@ -118,9 +127,7 @@ class WriteThroughTests(TestCase):
         remote = factory.connections[0]
         remote.transport.pauseProducing()  # the remote stops reading: the kernel fills up
         client.transport.socket.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_SNDBUF, 16 * KiB)
-        producer = PauseRecorder()
-        client.transport.bufferSize = 64 * KiB
-        client.transport.registerProducer(producer, True)
+        producer = recording_producer(client, 64 * KiB)
         data = pattern(8 * MiB, seed=3)
         direct = 0
         for offset in range(0, len(data), 256 * KiB):
@@ -196,9 +203,7 @@ class BatchTests(TestCase):
 
     async def test_writes_adding_up_past_the_buffer_size_are_written_through(self) -> None:
         factory, client, counting = await connected(self, Remote)
-        producer = PauseRecorder()
-        client.transport.bufferSize = 10
-        client.transport.registerProducer(producer, True)
+        producer = recording_producer(client, 10)
         with fastpath.batch():
             fastpath.write(client.transport, (b"12345",))
             fastpath.write(client.transport, (b"67890",))
@@ -218,9 +223,7 @@ class BatchTests(TestCase):
     async def test_a_write_over_the_buffer_size_pauses_the_producer(self) -> None:
         # As Twisted's write would: a send over the high-water mark answers false.
         factory, client, counting = await connected(self, Remote)
-        producer = PauseRecorder()
-        client.transport.bufferSize = 10
-        client.transport.registerProducer(producer, True)
+        producer = recording_producer(client, 10)
         with fastpath.batch():
             fastpath.write(client.transport, (b"12345",))
             fastpath.write(client.transport, (b"67890!67890",))
