@@ -97,9 +97,6 @@ class BaseMessage:
     message: str = ""
 
 
-_RESPONSE_TAG: Final = encode_varint(Kind.RESPONSE)
-
-
 def encode_base(
     service: int, object_id: int, kind: Kind, request: int | None, content: bytes
 ) -> bytes:
@@ -118,16 +115,7 @@ def encode_request(service: int, object_id: int, request: int, content: bytes) -
 
 def encode_response(service: int, object_id: int, request: int, content: bytes) -> bytes:
     """Encode a Response."""
-    return b"".join(
-        (
-            encode_varint(service),
-            encode_varint(object_id),
-            _RESPONSE_TAG,
-            encode_varint(request),
-            encode_varint(len(content)),
-            content,
-        )
-    )
+    return encode_base(service, object_id, Kind.RESPONSE, request, content)
 
 
 def encode_event(service: int, object_id: int, content: bytes) -> bytes:
