@@ -342,12 +342,7 @@ class SessionProtocol(WebSocketServerProtocol):
                 self.config.metrics.handshake_failed("malformed")
             self._fail(PROTOCOL_ERROR, f"malformed message: {e}")
         except Exception:
-            log.failure(
-                "internal error in session from {peer}",
-                peer=self._peer_name,
-                session=self.session_id,
-            )
-            self._fail(INTERNAL_ERROR, "internal error")
+            self._internal_error()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._ending = True
@@ -531,9 +526,10 @@ class SessionProtocol(WebSocketServerProtocol):
         # pending: its admission entry, the handshake deadline and a close still apply.
         self._early = []
         self._answer = answer
-        answer.addCallback(self._answered).addErrback(self._answer_failed)
+        answer.addCallback(self._answered).addErrback(self._internal_error)
 
-    def _answer_failed(self, failure: Failure) -> None:
+    def _internal_error(self, failure: Failure | None = None) -> None:
+        """Log ``failure`` (the exception being handled, if None) and close with 1011."""
         log.failure(
             "internal error in session from {peer}",
             failure,

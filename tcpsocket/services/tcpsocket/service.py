@@ -316,7 +316,7 @@ class TcpSocketManagerService(SocketOwner):
             content = encode_reply(Reply.SEND_ERROR, str(e))
         else:
             budgets.holding(session, socket)
-        session.send_response(self.service_id, object_id, request_id, content)
+        self._respond(object_id, request_id, content)
 
     def event_switch(self, object_id: int, event: int, enabled: bool) -> Callable[[], None] | None:
         """EnableEvent/DisableEvent: what does it, or None if there is no such socket or event."""
