@@ -24,13 +24,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.targets import TOKEN, Processes, ServerTarget
+from bench.targets import TOKEN, Processes, ServerTarget, start_announcing
 from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 
 SCRIPT = Path(__file__).resolve().parent / "echo_load.js"
@@ -56,15 +55,7 @@ def node(nice: int = 0) -> list[str]:
 
 def start_echo_remote(processes: Processes, nice: int = NICE) -> tuple[int, int]:
     """Start ``node bench/echo_load.js remote`` (at ``nice``); returns its port and pid."""
-    argv = [*node(nice), str(SCRIPT), "remote"]
-    proc = processes.start("echo-remote", argv, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    proc.stdout.close()
-    if not line:
-        raise RuntimeError(f"the Node echo remote did not start; see {processes.logdir}")
-    found = json.loads(line)
-    return int(found["port"]), int(found["pid"])
+    return start_announcing(processes, "echo-remote", [*node(nice), str(SCRIPT), "remote"])
 
 
 class _Snapshot:

@@ -126,14 +126,18 @@ def start_remote(processes: Processes, tls_dir: Path | None = None) -> tuple[int
     argv = [sys.executable, "-m", "bench.remote"]
     if tls_dir is not None:
         argv += ["--tls-dir", str(tls_dir)]
-    remote = processes.start(
-        "remote-tls" if tls_dir is not None else "remote", argv, stdout=subprocess.PIPE
-    )
-    assert remote.stdout is not None
-    line = remote.stdout.readline()
-    remote.stdout.close()
+    return start_announcing(processes, "remote-tls" if tls_dir is not None else "remote", argv)
+
+
+def start_announcing(processes: Processes, name: str, argv: list[str]) -> tuple[int, int]:
+    """Start ``argv`` as ``name``, a server that prints one JSON line with its ``port`` and
+    ``pid`` once it listens; returns them."""
+    proc = processes.start(name, argv, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    proc.stdout.close()
     if not line:
-        raise RuntimeError(f"the remote server did not start; see {processes.logdir}/remote.log")
+        raise RuntimeError(f"{name} did not start; see {processes.logdir}/{name}.log")
     found = json.loads(line)
     return int(found["port"]), int(found["pid"])
 
