@@ -589,7 +589,11 @@ class Client {
     this.sessionCount = Number(args.sessions || 100);
     this.socketsPerSession = Number(args.sockets || 4);
     this.depth = Number(args.depth || 8);
-    this.batch = Math.max(1, Math.min(this.depth, Number(args.batch || 1)));
+    this.batch = Number(args.batch || 1);
+    if (!(this.batch >= 1 && this.batch <= Math.min(this.depth, SEND_WINDOW))) {
+      // A top-up waits for room for a whole batch: a batch over the send window never starts.
+      throw new Error(`--batch must be 1 to min(--depth, ${SEND_WINDOW})`);
+    }
     this.size = Number(args.size || 64);
     if (this.size < 8 || this.size > 1 << 16) throw new Error('--size must be 8 to 65536');
     this.nextSocketIndex = 0;

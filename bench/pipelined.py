@@ -201,7 +201,8 @@ def summarize(
         "error_sample": done["error_sample"],
     }
     checks["ok"] = (
-        checks["replies"] == checks["sends"]
+        round_trips > 0
+        and checks["replies"] == checks["sends"]
         and checks["echoed_bytes"] == checks["sends"] * size
         and not checks["mismatched_bytes"]
         and not checks["send_errors"]

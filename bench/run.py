@@ -815,6 +815,11 @@ def main(argv: list[str] | None = None) -> int:
         values = [int(x) for x in args.pipelined_shape.split("x")]
         if len(values) != 4:
             parser.error("--pipelined-shape wants SESSIONSxSOCKETSxDEPTHxBATCH, e.g. 100x4x16x8")
+        if min(values) < 1 or values[3] > min(values[2], SEND_WINDOW):
+            parser.error(
+                f"--pipelined-shape: every count is at least 1, and the batch is at most the"
+                f" depth and at most {SEND_WINDOW} (the unanswered sends a socket may have)"
+            )
         plan["pipelined"] = dict(
             zip(("sessions", "sockets", "depth", "batch"), values, strict=True)
         )

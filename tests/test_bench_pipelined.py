@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench.pipelined import NICE, pipelined_echo, start_echo_remote
+from bench.pipelined import NICE, _Snapshot, pipelined_echo, start_echo_remote, summarize
 from bench.targets import DaemonTarget, Processes
 from tests.support import temp_dir
 
@@ -108,3 +110,54 @@ class PipelinedEchoTests(SynchronousTestCase):
         # One byte of each of the 6 sockets' streams.
         self.assertEqual(result["checks"]["mismatched_bytes"], 6)
         self.assertEqual(result["checks"]["replies"], result["checks"]["sends"])
+
+
+class ShapeTests(SynchronousTestCase):
+    def test_batch_over_send_window_is_refused(self) -> None:
+        """A top-up waits for room for a whole batch, and a socket never has more than 16
+        sends unanswered: a batch of 17 would never send, so the client refuses it."""
+        script = os.path.join(os.path.dirname(__file__), "..", "bench", "echo_load.js")
+        client = ["node", script, "client", "--port", "1", "--token", "t", "--fingerprint", "f"]
+        result = subprocess.run(
+            [*client, "--remote-port", "2", "--depth", "32", "--batch", "17"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("--batch must be 1 to min(--depth, 16)", result.stdout)
+
+    def test_bench_refuses_the_same_shape(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", "--pipelined-shape", "100x4x64x32"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=os.path.join(os.path.dirname(__file__), ".."),
+        )
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("the batch is at most the depth and at most 16", result.stderr)
+
+    def test_a_run_without_round_trips_is_not_ok(self) -> None:
+        mark = {"t": 1.0, "echoed_messages": 0}
+        zero = {
+            "sends": 0,
+            "replies_true": 0,
+            "replies_false": 0,
+            "send_errors": 0,
+            "echoed_bytes": 0,
+            "mismatches": 0,
+            "unechoed_bytes": 0,
+            "unanswered_sends": 0,
+            "errors": 0,
+            "error_sample": None,
+        }
+        ready = {"sessions": 1, "sockets": 1, "depth": 1, "batch": 1}
+        before, after = _Snapshot.__new__(_Snapshot), _Snapshot.__new__(_Snapshot)
+        for snapshot, wall in ((before, 1.0), (after, 2.0)):
+            snapshot.__dict__.update(
+                wall=wall, server=0.0, client=0.0, remote=0.0, bench=0.0, machine=0.0
+            )
+            snapshot.per_process = {}
+        result = summarize(ready, mark, {**mark, "t": 2.0}, zero, before, after, 64)
+        self.assertFalse(result["checks"]["ok"])
