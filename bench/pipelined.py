@@ -33,12 +33,14 @@ from bench.targets import TOKEN, Processes, ServerTarget, start_announcing
 from tcpsocket.services.tcpsocket.fingerprint import TCPSOCKET_FINGERPRINT
 
 SCRIPT = Path(__file__).resolve().parent / "echo_load.js"
-#: Defaults: 100 sessions x 4 sockets, up to 16 messages of 64 bytes in flight on each,
-#: topped up 8 at a time.
+#: Defaults: 100 sessions x 4 sockets, up to 64 messages of 64 bytes in flight on each,
+#: topped up 16 at a time (the most a socket's 16 unanswered sends allow): the deeper the
+#: pipeline, the less the load generator costs per round trip beside the daemon.
 SESSIONS = 100
 SOCKETS = 4
-DEPTH = 16
-BATCH = 8
+DEPTH = 64
+BATCH = 16
+DEFAULT_SHAPE = {"sessions": SESSIONS, "sockets": SOCKETS, "depth": DEPTH, "batch": BATCH}
 SIZE = 64
 #: The Node processes run at this nice value: the daemon gets the CPU first, and the load
 #: generator works in larger batches when it gets its turn (0: the same priority).

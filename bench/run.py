@@ -63,7 +63,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "streams": 100,
         "stream_bytes": 4 * MiB,
         "stream_repeats": 5,
-        "pipelined": {"sessions": 100, "sockets": 4, "depth": 16, "batch": 8},
+        "pipelined": dict(pipelined.DEFAULT_SHAPE),
         "pipelined_seconds": 5.0,
         "pipelined_rounds": 3,
         "pipelined_nice": pipelined.NICE,
@@ -80,7 +80,7 @@ PLANS: dict[str, dict[str, Any]] = {
         "streams": 100,
         "stream_bytes": 1 * MiB,
         "stream_repeats": 1,
-        "pipelined": {"sessions": 100, "sockets": 4, "depth": 16, "batch": 8},
+        "pipelined": dict(pipelined.DEFAULT_SHAPE),
         "pipelined_seconds": 2.0,
         "pipelined_rounds": 1,
         "pipelined_nice": pipelined.NICE,
@@ -778,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
         "--pipelined-shape",
         metavar="SxKxDxB",
         help="pipelined echo: sessions x sockets per session x messages in flight per socket "
-        "x messages per top-up (default 100x4x16x8)",
+        "x messages per top-up (default "
+        + "x".join(map(str, pipelined.DEFAULT_SHAPE.values()))
+        + ")",
     )
     parser.add_argument(
         "--pipelined-nice",
@@ -814,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pipelined_shape:
         values = [int(x) for x in args.pipelined_shape.split("x")]
         if len(values) != 4:
-            parser.error("--pipelined-shape wants SESSIONSxSOCKETSxDEPTHxBATCH, e.g. 100x4x16x8")
+            parser.error("--pipelined-shape wants SESSIONSxSOCKETSxDEPTHxBATCH, e.g. 100x4x64x16")
         if min(values) < 1 or values[3] > min(values[2], SEND_WINDOW):
             parser.error(
                 f"--pipelined-shape: every count is at least 1, and the batch is at most the"

@@ -157,7 +157,9 @@ class QuickstartTests(TestCase):
         cwd = temp_dir(self)
         out, err, code = await getProcessOutputAndValue(
             "/usr/bin/unshare",
-            ["-n", "/bin/bash", "-c", script],
+            # A PID namespace too: when its first process (this bash) exits, the kernel ends
+            # every process left in it, such as the twistd that `kill %1` does not reach.
+            ["-n", "-p", "-f", "/bin/bash", "-c", script],
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
             path=str(cwd),
         )
@@ -169,8 +171,9 @@ class QuickstartTests(TestCase):
 
 
 class CommandExampleTests(TestCase):
-    """The docs' shell commands that start the daemon, run as printed, each in a network
-    namespace of its own (so that port 8081 is free), with this checkout's twistd."""
+    """The docs' shell commands that start the daemon, run as printed, each in network and
+    PID namespaces of its own (so that port 8081 is free, and nothing outlives the test),
+    with this checkout's twistd."""
 
     timeout = 120
 
@@ -186,7 +189,9 @@ class CommandExampleTests(TestCase):
         environment["PATH"] = f"{bin_dir}:{environment['PATH']}"
         out, err, code = await getProcessOutputAndValue(
             "/usr/bin/unshare",
-            ["-n", "/bin/bash", "-c", script],
+            # A PID namespace too: when its first process (this bash) exits, the kernel ends
+            # every process left in it, such as the twistd that `kill %1` does not reach.
+            ["-n", "-p", "-f", "/bin/bash", "-c", script],
             env=environment,
             path=str(temp_dir(self)),
         )

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import log as twisted_log
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
@@ -226,6 +227,24 @@ class DataPathCanaries(SynchronousTestCase):
         source = inspect.getsource(abstract.FileDescriptor.write)
         self.assertIn("self._tempDataBuffer.append(data)", source)
         self.assertIn("self.startWriting()", source)
+
+    def test_epoll_poll_is_what_dispatch_without_log_context_repeats(self) -> None:
+        # _private._poll is EPollReactor.doPoll without log.callWithLogger around each event.
+        from twisted.internet.base import ReactorBase
+        from twisted.internet.epollreactor import EPollReactor
+
+        source = inspect.getsource(EPollReactor.doPoll)
+        self.assertIn("l = self._poller.poll(timeout, len(self._selectables))", source)
+        self.assertIn("selectable = self._selectables[fd]", source)
+        self.assertIn("log.callWithLogger(selectable, _drdw, selectable, fd, event)", source)
+        self.assertEqual(source.count("self."), 4, "doPoll does more than it did")
+        self.assertIs(EPollReactor.doIteration, EPollReactor.doPoll)
+        self.assertIn("self.doIteration(t)", inspect.getsource(ReactorBase.mainLoop))
+        self.assertIn("self.doIteration(delay)", inspect.getsource(ReactorBase.iterate))
+        # What callWithLogger does besides the context: log what escapes, with the system.
+        callWithLogger = inspect.getsource(twisted_log.callWithLogger)
+        self.assertIn("err(system=lp)", callWithLogger)
+        self.assertIn('lp = "(buggy logPrefix method)"', callWithLogger)
 
     def test_do_read_reads_buffer_size_into_data_received(self) -> None:
         # set_read_size's doRead is tcp.Connection.doRead with another size.
