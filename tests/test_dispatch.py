@@ -152,11 +152,13 @@ class DispatchTests(SynchronousTestCase):
         # The reactor goes on serving.
         self.assertEqual(self.echo(reactor, self.serve(reactor, Echo), b"after"), b"after")
 
-    def test_a_failing_protocol_loses_its_connection_as_in_twisted(self) -> None:
-        """An exception in ``dataReceived`` is Twisted's to handle, as before: logged, and
-        that connection closed; the others go on."""
+    def failing_protocol_logs(self, direct: bool) -> str:
+        """Run a protocol whose ``dataReceived`` fails; return the system its error has."""
         reactor = self.reactor()
-        self.assertTrue(dispatch_without_log_context(reactor))
+        self.assertEqual(dispatch_without_log_context(reactor) if direct else False, direct)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         client = self.connect(self.serve(reactor, FailsOnData))
         client.sendall(b"boom")
 
@@ -166,9 +168,19 @@ class DispatchTests(SynchronousTestCase):
             except BlockingIOError:
                 return False
 
+        # Twisted's to handle, as before: logged, and that connection closed; others go on.
         self.iterate_until(reactor, closed)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertEqual(self.echo(reactor, self.serve(reactor, Echo), b"after"), b"after")
+        (event,) = [e for e in events if "failure" in e]
+        system: str = event["log_system"]
+        return system
+
+    def test_a_failing_protocol_loses_its_connection_as_in_twisted(self) -> None:
+        """What the log context gave: Twisted's traceback for an exception in a protocol
+        names the connection as its system; without it, ``-`` (doc/operators.md)."""
+        self.assertEqual(self.failing_protocol_logs(direct=True), "-")
+        self.assertIn("FailsOnData", self.failing_protocol_logs(direct=False))
 
     def test_other_reactors_are_left_alone(self) -> None:
         class Subclass(epollreactor.EPollReactor):
