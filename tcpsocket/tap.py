@@ -40,9 +40,9 @@ from tcpsocket.workers import (
     tcp_listen_address,
 )
 
-#: The environment variable holding the desktop token.
 log = Logger()
 
+#: The environment variable holding the desktop token.
 TOKEN_VARIABLE = "WS_RUNTIME_TOKEN"
 
 _NO_TOKEN = (
@@ -103,8 +103,8 @@ class Options(usage.Options):
             "log-context",
             None,
             "Keep Twisted's per-event log context: legacy twisted.python.log lines emitted "
-            "while a connection is handled name it as their system. Costs ~10 % more CPU per "
-            "message; the daemon's own log lines do not use it.",
+            "while a connection is handled name it as their system. Costs ~16 % more instructions "
+            "per message; the daemon's own log lines do not use it.",
         ],
     ]
 
