@@ -119,15 +119,21 @@ LOCALHOST = NameTable({"localhost": ["::1", "127.0.0.1"]})
 LOOPBACK_RULES = ("allow 127.0.0.0/8:*", "allow [::1]:*", "allow localhost:*")
 
 
-def open_sockets() -> int:
-    """How many sockets this process has open (the file descriptors of connections)."""
+def open_descriptors(*kinds: str) -> int:
+    """How many file descriptors of these kinds this process has open (``socket:``,
+    ``pipe:``, ``anon_inode:``: what ``/proc/self/fd`` links to)."""
     count = 0
     for name in os.listdir("/proc/self/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{name}").startswith("socket:")
+            count += os.readlink(f"/proc/self/fd/{name}").startswith(kinds)
         except OSError:  # the directory's own descriptor, gone by now
             pass
     return count
+
+
+def open_sockets() -> int:
+    """How many sockets this process has open (the file descriptors of connections)."""
+    return open_descriptors("socket:")
 
 
 def test_config(**overrides: Any) -> ServerConfig:

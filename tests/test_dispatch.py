@@ -7,7 +7,6 @@ loopback TCP connections, so the suite's reactor is never changed.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from twisted.python import log
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpsocket._private import dispatch_without_log_context
-from tests.support import TOKEN, one_session, start_twistd
+from tests.support import TOKEN, one_session, open_descriptors, start_twistd
 
 APPLIED = "events dispatched without Twisted's per-event log context"
 
@@ -44,14 +43,7 @@ class FailsOnData(Protocol):
 
 def open_fds() -> int:
     """Open sockets, pipes and epoll/event descriptors of this process."""
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:  # the directory's own descriptor, closed by now
-            continue
-        count += target.startswith(("socket:", "pipe:", "anon_inode:"))
-    return count
+    return open_descriptors("socket:", "pipe:", "anon_inode:")
 
 
 class DispatchTests(SynchronousTestCase):
