@@ -284,29 +284,27 @@ class SizerClient(Client):
 
 
 class ReadSizeTests(TestCase):
-    async def test_reads_larger_than_the_buffer_size(self) -> None:
-        payload = pattern(2 * MiB, seed=4)
+    async def read_all(self, client: SizedClient | SizerClient, seed: int) -> None:
+        """``client`` reads 2 MiB from a loopback source; every byte arrives, in order."""
+        payload = pattern(2 * MiB, seed=seed)
         _, port = await listen_remote(self, Source, payload)
-        client = SizedClient()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         self.addCleanup(client.transport.abortConnection)
         await wait_until(lambda: len(client.received) >= len(payload), timeout=30)
         self.assertEqual(bytes(client.received), payload)
         self.assertTrue(client.sized)
+
+    async def test_reads_larger_than_the_buffer_size(self) -> None:
+        client = SizedClient()
+        await self.read_all(client, seed=4)
         self.assertTrue(ITCPTransport.providedBy(client.transport))
         self.assertEqual(client.transport.bufferSize, 4 * KiB)  # the producer's threshold
         self.assertLessEqual(max(client.reads), 512 * KiB)
         self.assertGreater(max(client.reads), 4 * KiB)
 
     async def test_reads_sized_by_the_protocol_before_each_read(self) -> None:
-        payload = pattern(2 * MiB, seed=7)
-        _, port = await listen_remote(self, Source, payload)
         client = SizerClient()
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        self.addCleanup(client.transport.abortConnection)
-        await wait_until(lambda: len(client.received) >= len(payload), timeout=30)
-        self.assertEqual(bytes(client.received), payload)
-        self.assertTrue(client.sized)
+        await self.read_all(client, seed=7)
         self.assertGreaterEqual(client.asked, len(client.reads))
         self.assertEqual(max(client.reads[:20]), 2 * KiB)
         self.assertGreater(max(client.reads[20:]), 2 * KiB)

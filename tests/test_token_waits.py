@@ -193,28 +193,26 @@ class LockedFileTests(TestCase):
 
 
 class RaceTests(TestCase):
-    async def test_two_handshakes_one_token_on_one_daemon(self) -> None:
+    async def race(self, daemons: int, name: str) -> None:
+        """Two handshakes with one single-use token, spread over ``daemons`` daemons on one
+        Redis: both claims are at Redis at once before it answers either; one session wins."""
         redis = await start_redis(self)
         paused = Paused(self, redis.url)
-        _, port = await start_daemon(self, tokens=store(self, redis.url))
-        token = once("raced")
-        clients = [await handshake(self, port, token) for _ in range(2)]
-        # Both claims are at Redis at once before it answers either.
+        ports: list[int] = []
+        for _ in range(daemons):  # each daemon with a store (and Redis client) of its own
+            ports.append((await start_daemon(self, tokens=store(self, redis.url)))[1])
+        token = once(name)
+        clients = [await handshake(self, ports[i % daemons], token) for i in range(2)]
         await wait_until(lambda: paused.claims_waiting() == 2)
         paused.release()
         answers = sorted([await client.next() for client in clients])
         self.assertEqual(answers, [REFUSED, ACK])
 
+    async def test_two_handshakes_one_token_on_one_daemon(self) -> None:
+        await self.race(1, "raced")
+
     async def test_two_handshakes_one_token_on_two_nodes(self) -> None:
-        redis = await start_redis(self)
-        paused = Paused(self, redis.url)
-        ports = [(await start_daemon(self, tokens=store(self, redis.url)))[1] for _ in range(2)]
-        token = once("raced-across-nodes")
-        clients = [await handshake(self, port, token) for port in ports]
-        await wait_until(lambda: paused.claims_waiting() == 2)
-        paused.release()
-        answers = sorted([await client.next() for client in clients])
-        self.assertEqual(answers, [REFUSED, ACK])
+        await self.race(2, "raced-across-nodes")
 
     async def test_many_claims_from_two_records_at_once(self) -> None:
         """Two records (two nodes' clients and threads) claim the same 40 ids concurrently."""
