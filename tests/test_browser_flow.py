@@ -529,6 +529,11 @@ class BrowserFlowTests(harness.BrowserTestCase):
         marks = [1 * MiB, 8 * MiB]
         payload = pattern(size, seed=43)
         page, index, source, socket = await self.receiving_page(payload)
+        # Fixed kernel buffers between the source and the daemon: when the daemon stops
+        # reading, the source stalls within kilobytes, not after megabytes that autotuned
+        # buffers absorb at whatever pace a loaded machine lets the source write.
+        small_kernel_buffer(source.transport, stdlib_socket.SO_SNDBUF)
+        small_kernel_buffer(socket.transport, stdlib_socket.SO_RCVBUF)
         sampler, seen = self.watch_session(socket)
         await self.js(page, BUSY_READER, [index, marks, block_ms])
         await self.js(page, ROUND_TRIP)  # DATA is enabled on the daemon
